@@ -1,0 +1,32 @@
+# Tokenizer and token files: text corpora (local files or a streamed hub dataset) -> memory-mapped tokens.
+
+
+rule tokenizer:
+    output:
+        directory(f"{R}/tokenizer"),
+    params:
+        cfg=q({k: config[k] for k in ("model", "corpora", "seed")}),
+    log:
+        f"{R}/logs/tokenizer.log",
+    benchmark:
+        f"{R}/benchmarks/tokenizer.tsv"
+    shell:
+        "python -m longctx tokenizer --config-json {params.cfg} --out {output} > {log} 2>&1"
+
+
+rule prepare_corpus:
+    input:
+        tokenizer=f"{R}/tokenizer",
+    output:
+        token_files("{corpus}", "{split}"),
+    params:
+        corpus=lambda w: q(config["corpora"][w.corpus]),
+        prefix=f"{R}/data/{{corpus}}/{{split}}",
+        run=q(RUN),
+    log:
+        f"{R}/logs/prepare/{{corpus}}-{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/prepare/{{corpus}}-{{split}}.tsv"
+    shell:
+        "python -m longctx prepare --corpus {params.corpus} --split {wildcards.split} "
+        "--tokenizer {input.tokenizer} --out-prefix {params.prefix} --run {params.run} > {log} 2>&1"

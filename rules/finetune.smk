@@ -1,0 +1,33 @@
+# Fine-tuning per (method, scale) at the target length; resumable from its checkpoint in work/.
+
+FT_CORPUS = lc.train_corpus(config, "finetune")
+
+
+rule finetune:
+    input:
+        model=f"{R}/models/base",
+        data=token_files(FT_CORPUS, "train"),
+        factors=lambda w: factors_file(w.variant),
+    output:
+        directory(f"{R}/models/{{variant}}"),
+    wildcard_constraints:
+        variant=one_of(FINETUNED),
+    params:
+        variant=lambda w: q(variant_dict(w.variant)),
+        settings=q({k: v for k, v in config["finetune"].items() if k != "corpus"}),
+        prefix=f"{R}/data/{FT_CORPUS}/train",
+        factors=lambda w: f"--factors {factors_file(w.variant)}" if VARIANTS[w.variant].search else "",
+        work_dir=f"{R}/work/{{variant}}",
+        run=q(RUN),
+        seed=config["seed"],
+        device=config["device"],
+    threads: workflow.cores
+    log:
+        f"{R}/logs/finetune/{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune/{{variant}}.tsv"
+    shell:
+        "python -m longctx finetune --model {input.model} --data {params.prefix} --out {output} "
+        "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
+        "--run {params.run} --seed {params.seed} --device {params.device} {params.factors} "
+        "--work-dir {params.work_dir} > {log} 2>&1"

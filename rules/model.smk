@@ -1,0 +1,25 @@
+# The base model: pretrained here (the embedded default) or imported from the hub, a folder or a GGUF file.
+
+PRETRAIN = config["model"]["source"] == "pretrain"
+
+
+rule base_model:
+    input:
+        tokenizer=f"{R}/tokenizer",
+        train=token_files(lc.train_corpus(config, "pretrain"), "train") if PRETRAIN else [],
+    output:
+        directory(f"{R}/models/base"),
+    params:
+        cfg=q({k: config[k] for k in ("model", "seed")}),
+        train_prefix=f"{R}/data/{lc.train_corpus(config, 'pretrain')}/train",
+        work_dir=f"{R}/work/base",
+        run=q(RUN),
+    threads: workflow.cores
+    log:
+        f"{R}/logs/base_model.log",
+    benchmark:
+        f"{R}/benchmarks/base_model.tsv"
+    shell:
+        "python -m longctx base-model --config-json {params.cfg} --tokenizer {input.tokenizer} "
+        "--train-data {params.train_prefix} --out {output} --work-dir {params.work_dir} "
+        "--run {params.run} > {log} 2>&1"

@@ -1,0 +1,232 @@
+"""Load, validate and resolve an experiment config.
+
+The JSON schema (``schema.yaml`` beside this file) holds every key with its default and
+description; ``load_config`` fills the defaults in, and errors name the offending key, e.g.
+``config key 'variants[1].scale': ...``. Checks the schema cannot express (a method the registry
+lacks, a target length not above the original context, a corpus that is not defined) follow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The config is wrong; the message names the key."""
+
+
+def schema() -> dict:
+    return yaml.safe_load(resources.files("longctx").joinpath("schema.yaml").read_text())
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        prefix = f"{key}." if error.absolute_path else ""
+        return f"config key '{prefix}{extra[0]}': unknown key (allowed here: {', '.join(sorted(error.schema.get('properties', {})))})"
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        prefix = f"{key}." if error.absolute_path else ""
+        return f"config key '{prefix}{missing}': required but missing"
+    return f"config key '{key}': {error.message}"
+
+
+def validate(config: dict) -> dict:
+    """Fill defaults into ``config`` (in place) and check it; returns it. Raises ConfigError."""
+    if not isinstance(config, dict):
+        raise ConfigError("config: the top level must be a mapping of keys to values")
+    errors = sorted(_Validator(schema()).iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _check_semantics(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate(config)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# --- resolved views used by the workflow ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model variant: a RoPE method at a scale, maybe fine-tuned, maybe with searched factors."""
+
+    name: str
+    method: str
+    scale: float
+    params: dict
+    finetune: bool
+    search: bool
+
+    def target_length(self, original_context: int) -> int:
+        return int(round(self.scale * original_context))
+
+    @property
+    def spec(self) -> dict:
+        return {"method": self.method, "scale": self.scale, "params": self.params}
+
+
+BASE = Variant(name="base", method="none", scale=1.0, params={}, finetune=False, search=False)
+
+
+def variants(config: dict) -> list[Variant]:
+    """All variants, the base model first."""
+    out = [BASE]
+    for v in config["variants"]:
+        name = v["name"] or _default_name(v)
+        out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), v["finetune"], v["search"]))
+    return out
+
+
+def _default_name(v: dict) -> str:
+    scale = v["scale"]
+    scale = int(scale) if float(scale).is_integer() else scale
+    return f"{v['method']}-x{scale}" + ("-search" if v["search"] else "") + ("-ft" if v["finetune"] else "")
+
+
+def original_context(config: dict) -> int:
+    model = config["model"]
+    if model["source"] == "pretrain":
+        return model["original_context"] or model["pretrain"]["context"]
+    return model["original_context"]
+
+
+def eval_lengths(config: dict) -> list[int]:
+    ev = config["evaluate"]
+    if ev["lengths"]:
+        return sorted(set(ev["lengths"]))
+    L = original_context(config)
+    return sorted({int(round(m * L)) for m in ev["length_multiples"]})
+
+
+def first_corpus(config: dict) -> str:
+    return next(iter(config["corpora"]))
+
+
+def train_corpus(config: dict, stage: str) -> str:
+    """Corpus used for training in ``stage`` (``pretrain`` or ``finetune``)."""
+    if stage == "finetune" and config["finetune"]["corpus"]:
+        return config["finetune"]["corpus"]
+    return config["model"]["pretrain"]["corpus"] or first_corpus(config)
+
+
+def eval_corpus(config: dict) -> str:
+    return config["evaluate"]["perplexity"]["corpus"] or first_corpus(config)
+
+
+def search_corpus(config: dict) -> str:
+    return config["search"]["corpus"] or eval_corpus(config)
+
+
+def _check_semantics(config: dict) -> None:
+    from longctx.rope import RopeMethodError, method_names
+    from longctx.rope.registry import resolve_params
+
+    model = config["model"]
+    corpora = config["corpora"]
+    if model["source"] == "pretrain":
+        pre = model["pretrain"]
+        if pre["corpus"] is not None and pre["corpus"] not in corpora:
+            raise ConfigError(f"config key 'model.pretrain.corpus': no corpus named {pre['corpus']!r} in 'corpora'")
+        if pre["hidden_size"] % pre["num_heads"] or (pre["hidden_size"] // pre["num_heads"]) % 2:
+            raise ConfigError("config key 'model.pretrain.num_heads': hidden_size / num_heads must be an even integer (the head dimension)")
+        if pre["num_heads"] % pre["num_kv_heads"]:
+            raise ConfigError("config key 'model.pretrain.num_kv_heads': must divide num_heads")
+    else:
+        if not model["name_or_path"]:
+            raise ConfigError(f"config key 'model.name_or_path': required when model.source is {model['source']!r}")
+        if not model["original_context"]:
+            raise ConfigError(f"config key 'model.original_context': required when model.source is {model['source']!r}")
+    for name, corpus in corpora.items():
+        where = f"corpora.{name}"
+        if corpus["source"] == "local" and not corpus["root"]:
+            raise ConfigError(f"config key '{where}.root': required for a local corpus")
+        if corpus["source"] == "hub" and not corpus["hub_path"]:
+            raise ConfigError(f"config key '{where}.hub_path': required for a hub corpus")
+    for key in ("finetune.corpus", "search.corpus", "evaluate.perplexity.corpus"):
+        section, *rest = key.split(".")
+        value = config[section]
+        for part in rest:
+            value = value[part]
+        if value is not None and value not in corpora:
+            raise ConfigError(f"config key '{key}': no corpus named {value!r} in 'corpora'")
+
+    names = set()
+    known = method_names()
+    for i, v in enumerate(config["variants"]):
+        where = f"variants[{i}]"
+        if v["method"] not in known:
+            raise ConfigError(f"config key '{where}.method': unknown RoPE method {v['method']!r}; known: {', '.join(known)}")
+        if not (isinstance(v["scale"], (int, float)) and math.isfinite(v["scale"]) and v["scale"] > 1):
+            L = original_context(config)
+            target = v["scale"] * L if isinstance(v["scale"], (int, float)) else v["scale"]
+            raise ConfigError(
+                f"config key '{where}.scale': the target length ({target}) must be above the original context ({L}); "
+                f"scale must be > 1, got {v['scale']!r}"
+            )
+        try:
+            resolve_params(v["method"], v["params"])
+        except RopeMethodError as e:
+            raise ConfigError(f"config key '{where}.params': {e}") from None
+        if v["search"] and v["method"] != "longrope":
+            raise ConfigError(f"config key '{where}.search': only the longrope method is searched, not {v['method']!r}")
+        name = v["name"] or _default_name(v)
+        if name in names or name == "base":
+            raise ConfigError(f"config key '{where}.name': variant name {name!r} is used twice (or is reserved: base)")
+        names.add(name)
+    lengths = config["evaluate"]["lengths"]
+    if lengths is not None and not lengths:
+        raise ConfigError("config key 'evaluate.lengths': give at least one length, or null")
+    search = config["search"]
+    if search["parents"] > search["population"]:
+        raise ConfigError("config key 'search.parents': cannot exceed search.population")
