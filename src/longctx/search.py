@@ -101,11 +101,13 @@ class FitnessLog:
         self.path = Path(path)
         self.known: dict[str, float] = {}
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: everything before it is good
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):
+                # a kill cut the last line: drop it, so later records start on a line of their own
+                text = text[: text.rfind("\n") + 1]
+                self.path.write_text(text)
+            for line in text.splitlines():
+                row = json.loads(line)
                 if row.get("type") == "candidate":
                     self.known[row["key"]] = row["perplexity"]
 

@@ -1,0 +1,89 @@
+"""LongRoPE's evolutionary search on a cheap synthetic fitness: constraints, seeding, resume."""
+
+import json
+import math
+
+import pytest
+
+from longctx.rope import RopeGeometry
+from longctx.search import SearchSpace, evolutionary_search, seed_factors, space_for
+
+GEOMETRY = RopeGeometry(head_dim=16, base=10000.0, original_context=64)
+SETTINGS = {"population": 12, "iterations": 4, "mutations": 4, "crossovers": 4, "parents": 6,
+            "mutation_prob": 0.3, "crossover_prob": 0.15, "lambda_max_ratio": 1.25, "lambda_max_plus_one": False,
+            "step": 0.01, "n_hat_choices": [0, 1, 2, 4, 8]}
+
+
+def synthetic_fitness(calls):
+    """Lower is better the closer the factors are to a ramp from 1 to 4; n_hat 4 is best."""
+    target = [1 + 3 * i / 7 for i in range(8)]
+
+    def fitness(n_hat, factors):
+        calls.append((n_hat, tuple(factors)))
+        return 10 + sum((a - b) ** 2 for a, b in zip(factors, target)) + abs(n_hat - 4) / 10
+
+    return fitness
+
+
+def test_seeds_are_pi_ntk_and_yarn():
+    seeds = seed_factors(GEOMETRY, 4.0)
+    assert set(seeds) == {"pi", "ntk", "yarn"}
+    assert seeds["pi"] == pytest.approx([4.0] * 8)
+    # NTK-aware: lambda_i = (b'/b)^(2i/d) with b' = b * s^(d/(d-2))
+    ntk = [(4.0 ** (16 / 14)) ** (2 * i / 16) for i in range(8)]
+    assert seeds["ntk"] == pytest.approx(ntk, rel=1e-5)
+
+
+def test_every_candidate_obeys_the_constraints_and_none_is_evaluated_twice(tmp_path):
+    calls = []
+    space = space_for(GEOMETRY, 4.0, SETTINGS)
+    result = evolutionary_search(synthetic_fitness(calls), space, list(seed_factors(GEOMETRY, 4.0).values()),
+                                 SETTINGS, seed=7, log_path=tmp_path / "log.jsonl")
+    assert len(calls) == len(set(calls)) == result["evaluated"]
+    for n_hat, factors in calls:
+        assert n_hat in SETTINGS["n_hat_choices"]
+        assert all(1.0 <= x <= 5.0 + 1e-9 for x in factors)
+        assert all(a <= b for a, b in zip(factors, factors[1:]))
+        assert all(abs(x * 100 - round(x * 100)) < 1e-6 for x in factors)  # on the 0.01 grid
+    # the search improves on its seeds
+    history = result["history"]
+    assert history[-1]["best_perplexity"] <= history[0]["best_perplexity"]
+    assert result["perplexity"] == min(10 + sum((a - (1 + 3 * i / 7)) ** 2 for i, a in enumerate(f))
+                                       + abs(n - 4) / 10 for n, f in calls)
+
+
+def test_killed_search_resumes_to_the_same_result(tmp_path):
+    seeds = list(seed_factors(GEOMETRY, 4.0).values())
+    space = space_for(GEOMETRY, 4.0, SETTINGS)
+    straight = evolutionary_search(synthetic_fitness([]), space, seeds, SETTINGS, seed=3, log_path=tmp_path / "a.jsonl")
+
+    calls = []
+    fitness = synthetic_fitness(calls)
+
+    def dies_after_20(n_hat, factors):
+        if len(calls) == 20:
+            raise KeyboardInterrupt("killed")
+        return fitness(n_hat, factors)
+
+    with pytest.raises(KeyboardInterrupt):
+        evolutionary_search(dies_after_20, space, seeds, SETTINGS, seed=3, log_path=tmp_path / "b.jsonl")
+    # a kill can also cut the last log line in half
+    with open(tmp_path / "b.jsonl", "a") as f:
+        f.write('{"type": "candid')
+    rerun_calls = []
+    resumed = evolutionary_search(synthetic_fitness(rerun_calls), space, seeds, SETTINGS, seed=3,
+                                  log_path=tmp_path / "b.jsonl")
+    assert resumed["resumed_from_log"] == 20
+    assert len(rerun_calls) == straight["evaluated"] - 20  # nothing already in the log is recomputed
+    assert (resumed["factors"], resumed["n_hat"], resumed["perplexity"]) == \
+        (straight["factors"], straight["n_hat"], straight["perplexity"])
+    assert resumed["history"] == [dict(h, seconds=r["seconds"]) for h, r in zip(straight["history"], resumed["history"])]
+    # the log of the resumed run is whole again: a third run recomputes nothing
+    again = []
+    evolutionary_search(synthetic_fitness(again), space, seeds, SETTINGS, seed=3, log_path=tmp_path / "b.jsonl")
+    assert again == []
+
+
+def test_space_bounds_follow_paper_or_code():
+    assert space_for(GEOMETRY, 8.0, SETTINGS).lambda_max == 10.0  # paper: 1.25 s
+    assert space_for(GEOMETRY, 8.0, {**SETTINGS, "lambda_max_plus_one": True}).lambda_max == 9.0  # code: 1 + s

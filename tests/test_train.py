@@ -1,0 +1,97 @@
+"""The trainer: loss falls, a killed run resumes to the same weights, divergence stops cleanly."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import longctx.train as train_mod
+from longctx.io import write_json
+from longctx.train import TrainSettings, TrainingError, train
+
+from conftest import tiny_llama
+
+
+def token_file(tmp_path, n=6000, vocab=96, seed=0):
+    """A token stream with structure to learn: a repeating pattern with noise."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.integers(3, vocab, size=17)
+    tokens = np.tile(pattern, n // 17 + 1)[:n].astype(np.uint16)
+    noise = rng.random(n) < 0.1
+    tokens[noise] = rng.integers(3, vocab, size=noise.sum())
+    prefix = tmp_path / "train"
+    tokens.tofile(prefix.with_suffix(".bin"))
+    np.save(prefix.with_suffix(".idx.npy"), np.array([[0, n]], dtype=np.int64))
+    write_json(prefix.with_suffix(".json"), {"dtype": "uint16", "documents": 1, "tokens": n, "document_ids": ["x"]})
+    return prefix
+
+
+def settings(**kw):
+    base = dict(seq_len=32, steps=30, batch_size=4, micro_batch_size=2, lr=3e-3, warmup_steps=2,
+                checkpoint_every=0, log_every=5)
+    return TrainSettings(**{**base, **kw})
+
+
+def losses(work):
+    import json
+
+    return [json.loads(line)["loss"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_model_is_saved_as_safetensors(tmp_path):
+    data = token_file(tmp_path)
+    summary = train(tiny_llama(), data, settings(), tmp_path / "out", tmp_path / "work")
+    curve = losses(tmp_path / "work")
+    assert curve[-1] < 0.6 * curve[0]
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert summary["steps"] == 30 and "causal attention at half" in summary["flop_convention"]
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    data = token_file(tmp_path)
+    s = settings(steps=8, checkpoint_every=3)
+    train(tiny_llama(), data, s, tmp_path / "straight", tmp_path / "work_a")
+
+    real_save = train_mod._save_checkpoint
+
+    def save_then_die(accelerator, ckpt, step, position, settings):
+        real_save(accelerator, ckpt, step, position, settings)
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
+    assert not (tmp_path / "resumed").exists()  # no half-written final model
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    data = token_file(tmp_path)
+    real_nll, calls = train_mod.causal_lm_nll, {"n": 0}
+
+    def nll_turning_nan(*args, **kwargs):  # the loss becomes NaN at the 5th step (2 micro-batches/step)
+        calls["n"] += 1
+        nll, count = real_nll(*args, **kwargs)
+        return (nll * float("nan") if calls["n"] > 8 else nll), count
+
+    monkeypatch.setattr(train_mod, "causal_lm_nll", nll_turning_nan)
+    with pytest.raises(TrainingError, match="diverged.*last good checkpoint"):
+        train(tiny_llama(), data, settings(steps=20, checkpoint_every=2), tmp_path / "out", tmp_path / "w")
+    assert not (tmp_path / "out").exists()
+    import json
+
+    assert json.loads((tmp_path / "w" / "checkpoint" / "progress.json").read_text())["step"] == 4
+
+
+def test_too_little_data_is_a_clear_error(tmp_path):
+    data = token_file(tmp_path, n=20)
+    with pytest.raises(Exception, match="fewer than one sequence of 32"):
+        train(tiny_llama(), data, settings(), tmp_path / "out", tmp_path / "w")

@@ -1,0 +1,116 @@
+"""The whole DAG, end to end on a small config, and what Snakemake does on reruns (dry runs).
+
+One session-scoped run (a few minutes on 2 CPU cores) backs every test here: it pretrains a tiny
+LLaMA on Austen, extends it 4x with PI (fine-tuned) and YaRN (not fine-tuned), and evaluates.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "experiment": "small",
+    "model": {"pretrain": {"steps": 300}},
+    "variants": [
+        {"method": "pi", "scale": 4, "finetune": True},
+        {"method": "yarn", "scale": 4},
+    ],
+    "finetune": {"steps": 30},
+    "evaluate": {"length_multiples": [1, 4], "passkey": {"trials": 2}},
+    "wandb": {"mode": "disabled"},
+}
+
+
+def small_config(tmp: Path, **changes) -> Path:
+    from longctx.config import deep_merge
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = deep_merge(cfg, SMALL)
+    cfg["corpora"]["austen"]["root"] = str(REPO / "data" / "austen")
+    cfg = deep_merge(cfg, changes)
+    path = tmp / f"config-{len(list(tmp.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from a dry run's job stats table."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    stats = text.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workflow")
+    config = small_config(tmp)
+    proc = snakemake(tmp, config)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return tmp, config
+
+
+def perplexity(rows, variant, length):
+    (value,) = [float(r["value"]) for r in rows
+                if r["variant"] == variant and r["eval"] == "perplexity" and r["metric"] == "perplexity"
+                and int(r["length"]) == length]
+    return value
+
+
+@pytest.mark.slow
+def test_whole_dag_reproduces_the_two_perplexity_relations(small_run):
+    workdir, _ = small_run
+    out = workdir / "results" / "small"
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {"experiment", "model", "method", "scale", "stage", "eval", "dataset", "length", "metric",
+            "value"} <= set(rows[0])
+    base_1x, base_4x = perplexity(rows, "base", 128), perplexity(rows, "base", 512)
+    pi_ft_4x = perplexity(rows, "pi-x4-ft", 512)
+    # unchanged RoPE past its original context is clearly worse ...
+    assert base_4x > 1.2 * base_1x, (base_1x, base_4x)
+    # ... and PI after fine-tuning at 4x is clearly better than unchanged RoPE at 4x
+    assert pi_ft_4x < base_4x / 1.2, (pi_ft_4x, base_4x)
+    report = (out / "report.md").read_text()
+    assert "pi-x4-ft" in report and (out / "plots" / "perplexity.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(small_run):
+    workdir, config = small_run
+    assert planned_jobs(snakemake(workdir, config, "-n")) == {}
+
+
+@pytest.mark.slow
+def test_changing_one_methods_parameters_reruns_only_its_jobs(small_run):
+    workdir, _ = small_run
+    changed = small_config(workdir, variants=[{"method": "pi", "scale": 4, "finetune": True},
+                                              {"method": "yarn", "scale": 4, "params": {"beta": 16}}])
+    proc = snakemake(workdir, changed, "-n")
+    jobs = planned_jobs(proc)
+    assert jobs == {"evaluate": 4, "report": 1, "all": 1}, jobs  # yarn-x4: perplexity+passkey at 2 lengths
+    outputs = " ".join(re.findall(r"^\s*output: (.*)$", proc.stdout + proc.stderr, re.M))
+    rerun_variants = set(re.findall(r"eval/([^/\s]+)/", outputs))
+    assert rerun_variants == {"yarn-x4"}, outputs
+
+
+def test_one_target_builds_only_what_it_needs(tmp_path):
+    config = small_config(tmp_path)
+    proc = snakemake(tmp_path, config, "-n", "results/small/eval/base/perplexity-128.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planned_jobs(proc) == {"tokenizer": 1, "prepare_corpus": 2, "base_model": 1, "evaluate": 1}
