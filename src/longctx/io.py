@@ -19,6 +19,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are for everyone who reads results/
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -33,6 +34,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o755)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -1,0 +1,276 @@
+"""The local report: every number traceable to its JSON, the papers' rows only where the setting
+matches, generic over evaluations, a self-contained HTML page that renders in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from longctx.io import write_json
+from longctx.paper_numbers import PaperNumbersError, Setting, load, matches, parse
+from longctx.report import compare, read_csv, write_csv, write_report
+
+VARIANTS = [
+    {"name": "base", "method": "none", "scale": 1.0, "params": {}, "finetune": False, "search": False},
+    {"name": "pi-x4-ft", "method": "pi", "scale": 4.0, "params": {}, "finetune": True, "search": False},
+    {"name": "longrope-x4-search", "method": "longrope", "scale": 4.0, "params": {}, "finetune": False, "search": True},
+]
+LENGTHS = [2048, 4096, 8192]
+PPL = {"base": [7.31, 250.0, 1900.0], "pi-x4-ft": [7.42, 7.11, 6.98], "longrope-x4-search": [7.35, 7.6, 8.9]}
+# passkey accuracy by length: base fails beyond L, pi passes at 2048 and 4096 only
+PASSKEY = {"base": [1.0, 0.0, 0.0], "pi-x4-ft": [1.0, 0.4, 0.1], "longrope-x4-search": [0.8, 0.6, 0.3]}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def make_results(root: Path) -> tuple[list[Path], list[Path]]:
+    """Evaluation JSONs as the evaluate stage writes them, plus one search result."""
+    files = []
+    for v in VARIANTS:
+        for i, n in enumerate(LENGTHS):
+            ppl = PPL[v["name"]][i]
+            files.append(root / "eval" / v["name"] / f"perplexity-{n}.json")
+            write_json(files[-1], {"eval": "perplexity", "length": n, "mode": "truncate", "documents": 10 - i,
+                                   "metrics": {"perplexity": ppl, "nll": math.log(ppl)},
+                                   "variant": v["name"], "seconds": 1.0})
+            acc = PASSKEY[v["name"]][i]
+            trials = [{"key": 10000 + k, "depth": k / 10, "correct": k < acc * 10} for k in range(10)]
+            files.append(root / "eval" / v["name"] / f"passkey-{n}.json")
+            write_json(files[-1], {"eval": "passkey", "length": n, "trials": trials, "metrics": {"accuracy": acc},
+                                   "variant": v["name"]})
+            # an evaluation the report has never heard of still gets its table
+            files.append(root / "eval" / v["name"] / f"made_up-{n}.json")
+            write_json(files[-1], {"eval": "made_up", "length": n, "metrics": {"score": 0.5 + i / 10},
+                                   "variant": v["name"]})
+    search = root / "search" / "longrope-x4-search" / "factors.json"
+    write_json(search, {"method": "longrope", "scale": 4.0, "length": 8192, "n_hat": 4,
+                        "factors": [1.0, 1.5, 2.5, 4.0], "perplexity": 8.1,
+                        "history": [{"iteration": 1, "best_perplexity": 9.0, "mean_perplexity": 11.0, "evaluated": 8},
+                                    {"iteration": 2, "best_perplexity": 8.1, "mean_perplexity": 9.5, "evaluated": 14}]})
+    return files, [search]
+
+
+RUN = {"experiment": "toy", "model_source": "hub", "model": "huggyllama/llama-7b", "original_context": 2048,
+       "seed": 1}
+LLAMA_PG19 = Setting(model="huggyllama/llama-7b", datasets={"perplexity": ["pg19", "emozilla/pg19"]},
+                     finetune_steps=1000)
+
+
+def build(tmp_path, setting=LLAMA_PG19, run=RUN):
+    root = tmp_path / "results" / run["experiment"]
+    files, searches = make_results(root)
+    report = write_report(files, VARIANTS, run, "pg19", root / "report.md", root / "summary.csv",
+                          root / "report.html", root / "plots", searches, setting)
+    return root, report
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One report of the toy experiment on LLaMA 7B / PG19 (plots take seconds): (folder, Report)."""
+    return build(tmp_path_factory.mktemp("report"))
+
+
+def table_after(md: str, heading: str) -> list[str]:
+    """The lines of the first markdown table after ``heading``."""
+    lines = md[md.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_summary_csv_holds_every_metric_of_every_json(built):
+    root, _ = built
+    rows = read_csv(root / "summary.csv")
+    assert {"experiment", "model", "method", "scale", "stage", "eval", "dataset", "length", "metric",
+            "value"} <= set(rows[0])
+    assert len(rows) == len(VARIANTS) * len(LENGTHS) * (2 + 1 + 1)  # perplexity, nll, accuracy, score
+    for r in rows:
+        data = json.loads(Path(r["source"]).read_text())
+        assert data["metrics"][r["metric"]] == r["value"]
+        assert data["variant"] == r["variant"] and data["length"] == r["length"]
+    stages = {r["variant"]: r["stage"] for r in rows}
+    assert stages == {"base": "none", "pi-x4-ft": "finetuned", "longrope-x4-search": "searched"}
+    assert {r["dataset"] for r in rows if r["eval"] == "perplexity"} == {"pg19"}
+
+
+def test_every_number_in_the_tables_links_to_the_json_it_came_from(built):
+    root, _ = built
+    md = (root / "report.md").read_text()
+    links = re.findall(r"\[([0-9.]+)\]\(([^)]+\.json)\)", md)
+    assert len(links) >= len(VARIANTS) * len(LENGTHS) * 4
+    for text, link in links:
+        data = json.loads((root / link).read_text())
+        # a metric rounded for display, or (k_max cells) the length that decided it
+        assert any(abs(float(text) - v) <= 0.005 for v in data["metrics"].values()) or text == str(data["length"]), \
+            (text, link)
+    # the perplexity table, laid out like the papers': a row per variant, a column per length
+    table = table_after(md, "**perplexity**")
+    assert table[0] == "| variant | method | scale | stage | 2048 | 4096 | 8192 |"
+    pi_row = next(line for line in table if line.startswith("| pi-x4-ft |"))
+    assert "[7.42](eval/pi-x4-ft/perplexity-2048.json)" in pi_row
+    assert "**[6.98](eval/pi-x4-ft/perplexity-8192.json)**" in pi_row  # the best at 8192, in bold
+
+
+def test_passkey_table_gives_pi_k_max_and_heatmaps(built):
+    root, report = built
+    md = (root / "report.md").read_text()
+    table = table_after(md, "## Passkey retrieval by length")
+    assert table[0].endswith("| k_max |")
+    k_max = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in table[2:]
+             if not line.startswith("| ↳")}
+    # base: 1.0 then 0.0 -> 2048; pi: 1.0, 0.4, 0.1 -> 4096; longrope: all >= 0.2 -> 8192
+    assert k_max["base"].startswith("[2048]") and k_max["pi-x4-ft"].startswith("[4096]")
+    assert k_max["longrope-x4-search"].startswith("[8192]")
+    for v in VARIANTS:
+        assert (root / "plots" / f"passkey-heatmap-{v['name']}.png").exists()
+        assert f"(plots/passkey-heatmap-{v['name']}.png)" in md
+
+
+def test_any_evaluation_with_metrics_gets_a_table_and_a_plot(built):
+    root, _ = built
+    md = (root / "report.md").read_text()
+    table = table_after(md, "## made up by length")
+    assert "[0.70](eval/base/made_up-8192.json)" in "\n".join(table)
+    assert (root / "plots" / "made_up.png").exists()
+
+
+def test_search_convergence_links_its_factors(built):
+    root, _ = built
+    md = (root / "report.md").read_text()
+    row = next(line for line in table_after(md, "## LongRoPE search convergence") if "longrope-x4-search" in line)
+    assert "| 2 | 14 | 9.00 | 8.10 | 4 | [factors.json](search/longrope-x4-search/factors.json) |" in row
+    assert (root / "plots" / "search.png").exists()
+
+
+def test_papers_numbers_sit_under_the_matching_variant_marked_as_theirs(built):
+    root, _ = built
+    table = table_after((root / "report.md").read_text(), "**perplexity**")
+    i = next(k for k, line in enumerate(table) if line.startswith("| pi-x4-ft |"))
+    paper_rows = []
+    for line in table[i + 1:]:
+        if not line.startswith("| ↳"):
+            break
+        paper_rows.append(line)
+    # PI Table 1's PI-8192 (7.13 at 2k, 6.96 at 4k, 6.95 at 8k), and Table 3 after 1000 steps (6.95 at 8k)
+    assert any("PI Table 1" in r and "| *7.13* | *6.96* | *6.95* |" in r for r in paper_rows)
+    assert any("PI Table 3" in r and "after 1000 steps" in r and "| - | - | *6.95* |" in r for r in paper_rows)
+    assert all("*paper:*" in r for r in paper_rows)
+    # the unextended model's row carries the paper's base numbers; the searched LongRoPE has none on LLaMA 7B
+    base = next(k for k, line in enumerate(table) if line.startswith("| base |"))
+    assert "| *7.20* | *>1000* | *>1000* |" in table[base + 1]
+    lr = next(k for k, line in enumerate(table) if line.startswith("| longrope-x4-search |"))
+    assert lr + 1 == len(table) or not table[lr + 1].startswith("| ↳")
+
+
+def test_no_paper_row_when_the_setting_differs(tmp_path):
+    setting = Setting(model="pretrain", datasets={"perplexity": ["austen", "data/austen"]}, finetune_steps=40)
+    root, report = build(tmp_path, setting, {**RUN, "model": "pretrain"})
+    md = (root / "report.md").read_text()
+    assert "| ↳" not in md
+    assert "No published number has this experiment's setting" in md
+    assert not any(t.papers for t in report.tables)
+
+
+def test_paper_matching_needs_model_method_scale_dataset_and_length():
+    pi = VARIANTS[1]
+    found = matches(LLAMA_PG19, pi, "perplexity", "perplexity", [2048, 8192])
+    assert {(r.source, r.label) for r in found} == {("PI Table 1", "PI-8192, fine-tuned 1000 steps"),
+                                                    ("PI Table 3", "PI-8192 after 1000 steps")}
+    assert not matches(Setting("meta-llama/Llama-2-7b-hf", LLAMA_PG19.datasets, 1000), pi, "perplexity",
+                       "perplexity", [8192])  # another model family
+    assert not matches(Setting(LLAMA_PG19.model, {"perplexity": ["proof-pile"]}, 1000), pi, "perplexity",
+                       "perplexity", [8192])  # another dataset
+    assert not matches(LLAMA_PG19, {**pi, "scale": 8.0}, "perplexity", "perplexity", [8192])
+    assert not matches(LLAMA_PG19, {**pi, "finetune": False}, "perplexity", "perplexity", [4096])
+    assert not matches(LLAMA_PG19, pi, "perplexity", "perplexity", [1024])  # no length in common
+    # LongRoPE Table 1 needs a searched longrope variant on Llama 2 7B at s = 4, 16k
+    llama2 = Setting("meta-llama/Llama-2-7b-hf", {"perplexity": ["deepmind/pg19"]})
+    longrope = {**VARIANTS[2], "finetune": False}
+    assert [r.values for r in matches(llama2, longrope, "perplexity", "perplexity", [16384])] == [{16384: 11.34}]
+    assert not matches(llama2, {**longrope, "search": False}, "perplexity", "perplexity", [16384])
+
+
+def test_paper_numbers_file_is_well_formed_and_errors_name_the_entry():
+    rows = load()
+    assert {r.paper for r in rows} == {"pi", "yarn", "longrope", "giraffe"}
+    assert all(r.values or r.k_max for r in rows)
+    with pytest.raises(PaperNumbersError, match=r"entries\[0\].rows\[0\]: give either"):
+        parse({"papers": {"pi": {"cite": "x", "url": "u"}},
+               "entries": [{"paper": "pi", "table": "T", "model": "m", "model_match": "m", "eval": "e",
+                            "eval_match": "e", "metric": "p", "metric_match": "p",
+                            "rows": [{"label": "r", "method": "pi", "scale": 2, "finetuned": False}]}]})
+
+
+def test_html_is_self_contained(built):
+    root, _ = built
+    page = (root / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(re.findall(r"!\[", (root / "report.md").read_text())) >= 6
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '<a href="eval/pi-x4-ft/perplexity-8192.json">' in page
+
+
+def test_html_renders_in_chromium_with_every_image_loaded(built, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+    root, _ = built
+    # a copy of the page with a probe that records, once loaded, how many images decoded
+    probe = ("<script>window.addEventListener('load', () => { const all = [...document.images]; "
+             "document.body.dataset.images = all.length; "
+             "document.body.dataset.loaded = all.filter(i => i.complete && i.naturalWidth > 0).length; });</script>")
+    page = tmp_path / "report-probe.html"
+    page.write_text((root / "report.html").read_text().replace("</body>", probe + "</body>"))
+    out = subprocess.run([chromium, *CHROMIUM_FLAGS, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    dom = out.stdout
+    images = re.search(r'data-images="(\d+)"', dom)
+    loaded = re.search(r'data-loaded="(\d+)"', dom)
+    assert images and loaded, out.stderr[-2000:]
+    assert int(images.group(1)) >= 6 and loaded.group(1) == images.group(1)
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *CHROMIUM_FLAGS, "--hide-scrollbars", "--window-size=1200,1600",
+                    f"--screenshot={shot}", (root / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_puts_experiments_side_by_side(tmp_path):
+    def summary(experiment, lengths, values):
+        path = tmp_path / "results" / experiment / "summary.csv"
+        rows = [{"experiment": experiment, "model": "pretrain", "variant": "pi-x4-ft", "method": "pi", "scale": 4.0,
+                 "stage": "finetuned", "eval": "perplexity", "dataset": "austen", "length": n, "metric": "perplexity",
+                 "value": v, "source": str(tmp_path / "results" / experiment / "eval" / f"perplexity-{n}.json")}
+                for n, v in zip(lengths, values)]
+        write_csv(rows, path)
+        return path
+
+    a = summary("small", [128, 256], [30.0, 28.0])
+    b = summary("large", [256, 512], [25.0, 24.0])
+    out = tmp_path / "results" / "compare.md"
+    rows = compare([a, b], out, tmp_path / "results" / "compare.csv")
+    assert len(rows) == 4
+    table = table_after(out.read_text(), "**perplexity**")
+    assert table[0].endswith("| 128 | 256 | 512 |")
+    small = next(line for line in table if line.startswith("| small |"))
+    large = next(line for line in table if line.startswith("| large |"))
+    assert small.endswith("| [30.00](small/eval/perplexity-128.json) | [28.00](small/eval/perplexity-256.json) | - |")
+    assert "| **[25.00](large/eval/perplexity-256.json)** |" in large  # the best at 256 across experiments
+    with open(tmp_path / "results" / "compare.csv") as f:
+        assert {r["experiment"] for r in csv.DictReader(f)} == {"small", "large"}
+
+
+def test_compare_names_a_missing_experiment(tmp_path):
+    from longctx.cli import main
+
+    assert main(["compare", "--summaries", str(tmp_path / "nope" / "summary.csv"),
+                 "--out-md", str(tmp_path / "compare.md")]) == 2
