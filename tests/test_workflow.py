@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 SMALL = {
     "experiment": "small",
-    "model": {"pretrain": {"steps": 300}},
     "variants": [
         {"method": "pi", "scale": 4, "finetune": True},
         {"method": "yarn", "scale": 4},
