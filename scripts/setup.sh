@@ -15,7 +15,7 @@ want="$(cat pyproject.toml | sha256sum | cut -c1-16) $TORCH_SPEC"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and alone, so no other requirement can pull a different (multi-GB) build
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
-  .venv/bin/python -m pip install -q -e '.[dev,gguf,lora,slurm]'
+  .venv/bin/python -m pip install -q -e '.[dev,eval,gguf,lora,slurm]'
   echo "$want" > "$stamp"
 fi
 echo "ready: $(.venv/bin/python -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')"
