@@ -15,11 +15,15 @@ from longctx.rope.registry import (  # noqa: F401
     RopeMethodError,
     apply_to_model,
     build_rope_parameters,
+    cache_is_stale,
     cos_sin,
     geometry_of,
     inverse_frequencies,
+    length_dependent_beyond,
     method_names,
     rope_spec_of,
+    switch_lengths,
+    training_inputs,
 )
 from longctx.rope import methods as _methods  # noqa: F401  (fills the registry)
 from longctx.rope import hf_patch as _hf_patch

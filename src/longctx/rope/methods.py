@@ -1,7 +1,17 @@
-"""The RoPE scaling methods of PI, YaRN (with NTK-aware), Giraffe and LongRoPE, one function each.
+"""The RoPE scaling methods of PI, NTK-aware, YaRN, Giraffe, LongRoPE and xPos, one function each.
 
-Formulas: REFERENCE section 1 as summarised in docs; notation d = head dim, b = base,
-L = original context, s = scale, theta_i = b^(-2i/d).
+Notation (REFERENCE section 1): d = head dim, b = base, L = original context, s = scale,
+theta_i = b^(-2i/d), i = 0 .. d/2-1. Frequencies are computed in float32 the way transformers
+computes its own types, so a custom type and the built-in it generalises agree bit for bit
+where the formulas coincide, and scale 1 reproduces unchanged RoPE exactly. Exceptions, where
+float32 would cost more than 1e-6 relative: YaRN's ramps blend in float64 and round once, and the
+Giraffe power basis uses (n - i)/n for 1 - i/n.
+
+Which form each method takes in a saved config:
+  none, ntk -> `default`; pi, giraffe_randomized -> `linear`; yarn ramp code -> `yarn`;
+  longrope without n_hat and with at most a short/long pair switching at L -> `longrope`;
+  dynamic_ntk -> `dynamic` (factor 1) when max_position_embeddings is L;
+  everything else -> a `longctx_*` type registered by ``import longctx``.
 """
 
 from __future__ import annotations
@@ -20,10 +30,27 @@ from longctx.rope.registry import (
 )
 
 
-def _theta32(rope_parameters: dict, head_dim: int) -> torch.Tensor:
+def _theta32(base: float, head_dim: int) -> torch.Tensor:
     """theta_i in float32, computed as transformers computes it (so built-in and custom agree)."""
-    base = rope_parameters["rope_theta"]
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def _number(value, what: str, minimum: float, strict: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        raise RopeMethodError(f"{what} must be a number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return float(value)
+
+
+def dynamic_scale(seq_len: int | None, original_context: int) -> float:
+    """s = max(1, len / L): the dynamic methods' scale for a sequence of ``seq_len`` tokens."""
+    return max(1.0, (seq_len or 0) / original_context)
+
+
+def _dynamic_stale(rope_parameters: dict, cached_len: int, new_len: int) -> bool:
+    # the rotation of every position depends on the length once it exceeds L
+    return new_len != cached_len and max(cached_len, new_len) > rope_parameters["original_max_position_embeddings"]
 
 
 # --- none / extrapolation -------------------------------------------------------------------
@@ -38,10 +65,17 @@ register_method(
 
 # --- PI: positions m -> m/s -------------------------------------------------------------------
 
+
+def _pi(s: float, g: RopeGeometry) -> dict:
+    if s == 1:
+        return {"rope_type": "default", "rope_theta": g.base}
+    return {"rope_type": "linear", "factor": s, "rope_theta": g.base}
+
+
 register_method(
     RopeMethod(
         name="pi",
-        build=lambda s, p, g: {"rope_type": "linear", "factor": s, "rope_theta": g.base},
+        build=lambda s, p, g: _pi(s, g),
         description="Position Interpolation (Chen et al. 2023): theta_i / s",
     )
 )
@@ -50,14 +84,53 @@ register_method(
 
 
 def ntk_base(base: float, scale: float, head_dim: int) -> float:
+    # same float operations as transformers' `dynamic` type, so dynamic NTK matches it exactly
     return base * scale ** (head_dim / (head_dim - 2))
+
+
+def _validate_ntk(s: float, p: dict, g: RopeGeometry) -> None:
+    if g.head_dim <= 2:
+        raise RopeMethodError(f"NTK-aware scaling needs a head dimension above 2 (d/(d-2)), got {g.head_dim}")
 
 
 register_method(
     RopeMethod(
         name="ntk",
         build=lambda s, p, g: {"rope_type": "default", "rope_theta": ntk_base(g.base, s, g.head_dim)},
+        validate=_validate_ntk,
         description="NTK-aware base change b * s^(d/(d-2)) (YaRN paper eq. 16)",
+    )
+)
+
+# --- dynamic NTK: NTK with s = max(1, len/L) recomputed for every forward -------------------------
+
+
+def dynamic_ntk_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
+    s = dynamic_scale(seq_len, rope_parameters["original_max_position_embeddings"])
+    return _theta32(ntk_base(rope_parameters["rope_theta"], s, head_dim), head_dim), 1.0
+
+
+register_custom_type(
+    CustomRopeType(name="longctx_dynamic_ntk", inv_freq=dynamic_ntk_inv_freq, cache_stale=_dynamic_stale)
+)
+
+
+def _build_dynamic_ntk(s: float, p: dict, g: RopeGeometry) -> dict:
+    if g.max_position_embeddings in (None, g.original_context):
+        # transformers' `dynamic` with factor 1 is b * (len/L)^(d/(d-2)) beyond L, with L read from
+        # max_position_embeddings. Its module caches frequencies between forwards (a shorter
+        # sequence after a longer one reuses the longer's); hf_patch recomputes them per forward.
+        return {"rope_type": "dynamic", "factor": 1.0, "rope_theta": g.base}
+    return {"rope_type": "longctx_dynamic_ntk", "original_max_position_embeddings": g.original_context,
+            "rope_theta": g.base}
+
+
+register_method(
+    RopeMethod(
+        name="dynamic_ntk",
+        build=_build_dynamic_ntk,
+        validate=_validate_ntk,
+        description="dynamic NTK: NTK-aware with s = max(1, len/L) per forward; the variant's scale only sets the target length",
     )
 )
 
@@ -65,27 +138,62 @@ register_method(
 
 
 def yarn_mscale(scale: float) -> float:
+    """sqrt(1/t) = 0.1 ln s + 1: the factor on cos and sin (so logits scale by its square)."""
     return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
 
 
-def yarn_paper_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
+def yarn_paper_inv_freq(base: float, head_dim: int, s: float, L: int, alpha: float, beta: float) -> torch.Tensor:
     """Paper form: gamma ramps linearly in r_i = L * theta_i / (2 pi) between alpha and beta."""
-    theta = _theta32(rope_parameters, head_dim)
-    s = float(rope_parameters["factor"])
-    L = rope_parameters["original_max_position_embeddings"]
-    alpha, beta = rope_parameters["alpha"], rope_parameters["beta"]
+    if s == 1:
+        return _theta32(base, head_dim)
+    # in float64, rounded once: the ramp amplifies an error in theta_i by up to 1 + s / (beta - alpha)
+    theta = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     r = L * theta / (2 * math.pi)
     gamma = ((r - alpha) / (beta - alpha)).clamp(0.0, 1.0)
-    inv_freq = (1 - gamma) * theta / s + gamma * theta
-    scale = rope_parameters.get("attention_factor") or yarn_mscale(s)
-    return inv_freq, scale
+    return ((1 - gamma) * theta / s + gamma * theta).float()
 
 
-register_custom_type(CustomRopeType(name="longctx_yarn", inv_freq=yarn_paper_inv_freq))
+def yarn_code_inv_freq(base: float, head_dim: int, s: float, L: int, alpha: float, beta: float) -> torch.Tensor:
+    """Released-code form (transformers' `yarn`, truncate=True): ramp linear in the pair index
+    between the (floored / ceiled) pairs where the number of rotations in L is beta and alpha."""
+    if s == 1:
+        return _theta32(base, head_dim)
+
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(L / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta)), 0)
+    high = min(math.ceil(correction_dim(alpha)), head_dim - 1)
+    if low == high:
+        high += 0.001  # as the code: avoid a zero-width ramp
+    pos_freqs = (base ** (torch.arange(0, head_dim, 2).float() / head_dim)).double()
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s * pos_freqs)
+    keep = 1 - ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    return (interpolation * (1 - keep) + extrapolation * keep).float()
 
 
-def _build_yarn(s: float, p: dict, g: RopeGeometry) -> dict:
-    if p["ramp"] == "code":
+YARN_RAMPS = {"paper": yarn_paper_inv_freq, "code": yarn_code_inv_freq}
+
+
+def _yarn_custom_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
+    p = rope_parameters
+    L = p["original_max_position_embeddings"]
+    s = dynamic_scale(seq_len, L) if p.get("dynamic") else float(p["factor"])
+    inv_freq = YARN_RAMPS[p.get("ramp", "paper")](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
+    return inv_freq, p.get("attention_factor") or yarn_mscale(s)
+
+
+# static YaRN with the paper's ramp; dynamic YaRN (either ramp) recomputes s = max(1, len/L)
+register_custom_type(CustomRopeType(name="longctx_yarn", inv_freq=_yarn_custom_inv_freq))
+register_custom_type(
+    CustomRopeType(name="longctx_dynamic_yarn", inv_freq=_yarn_custom_inv_freq, cache_stale=_dynamic_stale)
+)
+
+
+def _build_yarn(s: float, p: dict, g: RopeGeometry, dynamic: bool = False) -> dict:
+    if p["ramp"] == "code" and not dynamic:
+        if s == 1:
+            return {"rope_type": "default", "rope_theta": g.base}
         # the released code (and transformers' built-in): ramp linear in the dimension index
         out = {
             "rope_type": "yarn",
@@ -97,12 +205,16 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry) -> dict:
         }
     else:
         out = {
-            "rope_type": "longctx_yarn",
-            "factor": s,
+            "rope_type": "longctx_dynamic_yarn" if dynamic else "longctx_yarn",
             "original_max_position_embeddings": g.original_context,
             "alpha": float(p["alpha"]),
             "beta": float(p["beta"]),
+            "ramp": p["ramp"],
         }
+        if dynamic:
+            out["dynamic"] = True
+        else:
+            out["factor"] = s
     if p["attention_factor"] is not None:
         out["attention_factor"] = float(p["attention_factor"])
     out["rope_theta"] = g.base
@@ -110,19 +222,184 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry) -> dict:
 
 
 def _validate_yarn(s: float, p: dict, g: RopeGeometry) -> None:
-    if p["ramp"] not in ("paper", "code"):
+    if p["ramp"] not in YARN_RAMPS:
         raise RopeMethodError(f"yarn: ramp must be 'paper' or 'code', got {p['ramp']!r}")
-    if not p["beta"] > p["alpha"]:
-        raise RopeMethodError(f"yarn: beta ({p['beta']}) must be greater than alpha ({p['alpha']})")
+    alpha = _number(p["alpha"], "yarn: alpha", 0.0, strict=True)
+    beta = _number(p["beta"], "yarn: beta", 0.0, strict=True)
+    if not beta > alpha:
+        raise RopeMethodError(f"yarn: beta ({beta}) must be greater than alpha ({alpha})")
+    if p["attention_factor"] is not None:
+        _number(p["attention_factor"], "yarn: attention_factor", 0.0, strict=True)
 
+
+YARN_DEFAULTS = {"alpha": 1.0, "beta": 32.0, "ramp": "paper", "attention_factor": None}
 
 register_method(
     RopeMethod(
         name="yarn",
         build=_build_yarn,
         validate=_validate_yarn,
-        defaults={"alpha": 1.0, "beta": 32.0, "ramp": "paper", "attention_factor": None},
-        description="YaRN (Peng et al. 2023): NTK-by-parts ramp + attention temperature",
+        defaults=dict(YARN_DEFAULTS),
+        description="YaRN (Peng et al. 2023): NTK-by-parts ramp + attention temperature (ramp: paper | code)",
+    )
+)
+
+register_method(
+    RopeMethod(
+        name="dynamic_yarn",
+        build=lambda s, p, g: _build_yarn(s, p, g, dynamic=True),
+        validate=_validate_yarn,
+        defaults=dict(YARN_DEFAULTS),
+        description="dynamic YaRN: YaRN with s = max(1, len/L) per forward (and its mscale); scale only sets the target length",
+    )
+)
+
+# --- Giraffe: power basis and truncated basis ---------------------------------------------------
+
+
+def giraffe_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
+    """As abacusai/Long-Context ``ScaledLlamaRotaryEmbedding``: divide by the scale, then the power
+    basis theta_i * (1 - 2i/d)^p, then truncation at beta = 2 pi / T (keep >= beta; [beta/a, beta)
+    -> beta/rho; below beta/a -> 0)."""
+    p = rope_parameters
+    freq = _theta32(p["rope_theta"], head_dim)
+    if p["factor"] > 1:
+        freq = freq / p["factor"]
+    if p.get("power"):
+        n = head_dim // 2
+        # (n - i) / n rather than the code's 1 - i / n: the same number without the cancellation
+        # that costs the slowest pairs ~1e-6 of relative precision in float32
+        freq = freq * ((n - torch.arange(n, dtype=torch.float32)) / n) ** p["power"]
+    if p.get("cutoff_length"):
+        beta = 2 * math.pi / p["cutoff_length"]
+        truncated = torch.where(freq < beta, torch.tensor(beta / p["rho_divisor"]), freq)
+        freq = torch.where(freq < beta / p["a_divisor"], torch.tensor(0.0), truncated)
+    return freq, 1.0
+
+
+register_custom_type(CustomRopeType(name="longctx_giraffe", inv_freq=giraffe_inv_freq))
+
+
+def _build_giraffe(s: float, p: dict, g: RopeGeometry) -> dict:
+    out = {"rope_type": "longctx_giraffe", "factor": s, "power": float(p.get("power", 0.0))}
+    if "cutoff_length" in p:
+        out.update(cutoff_length=float(p["cutoff_length"] or g.original_context),
+                   a_divisor=float(p["a_divisor"]), rho_divisor=float(p["rho_divisor"]))
+    out["rope_theta"] = g.base
+    return out
+
+
+def _validate_giraffe(s: float, p: dict, g: RopeGeometry) -> None:
+    if "power" in p:
+        _number(p["power"], "giraffe_power: power (p)", 0.0)
+    if "cutoff_length" in p:
+        if p["cutoff_length"] is not None:
+            _number(p["cutoff_length"], "giraffe_truncated: cutoff_length (T)", 0.0, strict=True)
+        a = _number(p["a_divisor"], "giraffe_truncated: a_divisor", 1.0, strict=True)
+        rho = _number(p["rho_divisor"], "giraffe_truncated: rho_divisor", 1.0, strict=True)
+        if rho < a:
+            raise RopeMethodError(
+                f"giraffe_truncated: rho_divisor ({rho}) must be >= a_divisor ({a}), so that rho = beta/rho_divisor "
+                f"is at most the lowest kept band a = beta/a_divisor"
+            )
+
+
+register_method(
+    RopeMethod(
+        name="giraffe_power",
+        build=_build_giraffe,
+        validate=_validate_giraffe,
+        defaults={"power": 0.5},
+        description="Giraffe power basis (Pal et al. 2023): theta_i / s * (1 - 2i/d)^p",
+    )
+)
+
+register_method(
+    RopeMethod(
+        name="giraffe_truncated",
+        build=_build_giraffe,
+        validate=_validate_giraffe,
+        defaults={"cutoff_length": None, "a_divisor": 8.0, "rho_divisor": 16.0},
+        description="Giraffe truncated basis: theta_i / s, then with beta = 2 pi / T (T = cutoff_length, "
+                    "null = L): keep theta >= beta, [beta/8, beta) -> beta/16, below beta/8 -> 0",
+    )
+)
+
+# --- Giraffe: randomized positions (training only) ----------------------------------------------
+
+
+def giraffe_random_positions(batch_size: int, seq_len: int, generator: torch.Generator | None = None,
+                             device=None) -> torch.Tensor:
+    """Position ids [B, T] (float32): cumulative sums of U[0, 2) steps, scaled down to end at T
+    when they overshoot it (abacusai/Long-Context ``random_init_forward``). One draw per call."""
+    steps = torch.rand((batch_size, seq_len), generator=generator, dtype=torch.float32) * 2
+    positions = steps.cumsum(-1)
+    positions = positions * (seq_len / positions[:, -1:].clamp(min=float(seq_len)))
+    return positions.to(device) if device is not None else positions
+
+
+register_method(
+    RopeMethod(
+        name="giraffe_randomized",
+        build=lambda s, p, g: _pi(s, g),
+        training_positions=giraffe_random_positions,
+        description="Giraffe randomized positions: PI at scale s, trained on random increasing positions "
+                    "(longctx.rope.training_inputs); inference positions unchanged",
+    )
+)
+
+# --- xPos: rotary plus a per-pair exponential decay of the attention logits ----------------------
+
+
+def xpos_zeta(head_dim: int) -> torch.Tensor:
+    """zeta_i = (2i + 0.4 d) / (1.4 d), one per pair (Sun et al. 2022; float64)."""
+    return (torch.arange(0, head_dim, 2, dtype=torch.float64) + 0.4 * head_dim) / (1.4 * head_dim)
+
+
+# float32 holds e^+-87; the largest per-side exponent is span / 2 / gamma * |ln zeta_0| (zeta_0 = 2/7)
+_XPOS_MAX_EXPONENT = 80.0
+
+
+def xpos_attention_scales(rope_parameters: dict, head_dim: int, q_pos: torch.Tensor, k_pos: torch.Tensor):
+    """Queries times zeta^((n - c)/gamma), keys times zeta^(-(m - c)/gamma): the logit of (n, m)
+    gets sum_i q_i k_i zeta_i^((n - m)/gamma) whatever c is; c is the middle of the keys' span, so
+    the factors stay within float32 (Giraffe's code centres the same way)."""
+    gamma = float(rope_parameters["scale_base"])
+    q_pos, k_pos = q_pos.double(), k_pos.double()
+    centre = (k_pos[:, :1] + k_pos[:, -1:]) / 2
+    q_exp, k_exp = (q_pos - centre) / gamma, (k_pos - centre) / gamma
+    log_zeta = torch.log(xpos_zeta(head_dim)).to(q_pos.device)
+    widest = float(torch.cat([q_exp.abs().flatten(), k_exp.abs().flatten()]).max()) * float(-log_zeta[0])
+    if widest > _XPOS_MAX_EXPONENT:
+        raise RopeMethodError(
+            f"xpos: positions spanning {float(k_pos.max() - k_pos.min()) + 1:.0f} tokens with scale_base {gamma:g} "
+            f"need decay factors beyond float32 range; use a scale_base of at least "
+            f"{gamma * widest / _XPOS_MAX_EXPONENT:.0f}"
+        )
+    log_zeta = torch.cat([log_zeta, log_zeta])  # rotate_half layout: pair i is dims i and i + d/2
+    q_scale = torch.exp(q_exp[..., None] * log_zeta)[:, None].float()
+    k_scale = torch.exp(-k_exp[..., None] * log_zeta)[:, None].float()
+    return q_scale, k_scale
+
+
+register_custom_type(
+    CustomRopeType(name="longctx_xpos", inv_freq=lambda p, d, n=None: (_theta32(p["rope_theta"], d), 1.0),
+                   attention_scales=xpos_attention_scales)
+)
+
+
+def _validate_xpos(s: float, p: dict, g: RopeGeometry) -> None:
+    _number(p["scale_base"], "xpos: scale_base (gamma)", 0.0, strict=True)
+
+
+register_method(
+    RopeMethod(
+        name="xpos",
+        build=lambda s, p, g: {"rope_type": "longctx_xpos", "scale_base": float(p["scale_base"]), "rope_theta": g.base},
+        validate=_validate_xpos,
+        defaults={"scale_base": 512.0},
+        description="xPos (Sun et al. 2022): unchanged rotary, logits of (n, m) decayed per pair by "
+                    "zeta_i^((n-m)/gamma); needs SDPA attention; scale only sets the target length",
     )
 )
 
@@ -140,10 +417,16 @@ def _factor_set_for(rope_parameters: dict, seq_len: int) -> dict:
     return rope_parameters["factor_sets"][-1]
 
 
+def _longrope_freqs(rope_parameters: dict, factors: list[float], head_dim: int, device=None) -> torch.Tensor:
+    # the same float operations as transformers' `longrope`
+    ext = torch.tensor(factors, dtype=torch.float32, device=device)
+    shape = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    return 1.0 / (ext * rope_parameters["rope_theta"] ** shape)
+
+
 def longrope_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
     fs = _factor_set_for(rope_parameters, seq_len or 1)
-    factors = torch.tensor(fs["factors"], dtype=torch.float32)
-    return 1.0 / (factors * (1.0 / _theta32(rope_parameters, head_dim))), rope_parameters["attention_factor"]
+    return _longrope_freqs(rope_parameters, fs["factors"], head_dim), rope_parameters["attention_factor"]
 
 
 def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
@@ -151,22 +434,23 @@ def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Te
     seq_len = int(position_ids.max()) + 1
     fs = _factor_set_for(rope_parameters, seq_len)
     device = position_ids.device
-    factors = torch.tensor(fs["factors"], dtype=torch.float32, device=device)
-    theta = _theta32(rope_parameters, head_dim).to(device)
     pos = position_ids[..., None].float()
-    scaled = pos * (1.0 / (factors * (1.0 / theta)))
+    scaled = pos * _longrope_freqs(rope_parameters, fs["factors"], head_dim, device)
     if fs["n_hat"] > 0:
-        scaled = torch.where(pos < fs["n_hat"], pos * theta, scaled)
+        scaled = torch.where(pos < fs["n_hat"], pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device),
+                             scaled)
     return scaled, rope_parameters["attention_factor"]
 
 
+def _longrope_stale(rope_parameters: dict, cached_len: int, new_len: int) -> bool:
+    a, b = sorted((cached_len, new_len))
+    return any(a <= fs["max_length"] < b for fs in rope_parameters["factor_sets"] if fs["max_length"] is not None)
+
+
 register_custom_type(
-    CustomRopeType(
-        name="longctx_longrope",
-        inv_freq=longrope_inv_freq,
-        angles=longrope_angles,
-        switch_lengths=lambda p: [fs["max_length"] for fs in p["factor_sets"] if fs["max_length"] is not None],
-    )
+    CustomRopeType(name="longctx_longrope", inv_freq=longrope_inv_freq, angles=longrope_angles,
+                   cache_stale=_longrope_stale,
+                   switch_lengths=lambda p: [fs["max_length"] for fs in p["factor_sets"] if fs["max_length"] is not None])
 )
 
 
@@ -180,9 +464,15 @@ def _factor_sets(s: float, p: dict, g: RopeGeometry) -> list[dict]:
         if p["short_factors"] is not None:
             short_until = p["short_max_length"] or g.original_context
             sets.insert(0, {"max_length": short_until, "factors": p["short_factors"], "n_hat": p["short_n_hat"]})
-    for fs in sets:
+    for k, fs in enumerate(sets):
+        unknown = set(fs) - {"max_length", "factors", "n_hat"}
+        if unknown or "factors" not in fs:
+            raise RopeMethodError(f"longrope factor set {k}: needs 'factors' (and optionally 'max_length', 'n_hat'); "
+                                  f"unknown keys {sorted(unknown)}")
         fs.setdefault("n_hat", 0)
         fs.setdefault("max_length", None)
+        if not isinstance(fs["factors"], (list, tuple)):
+            raise RopeMethodError(f"longrope factor set {k}: 'factors' must be a list, got {type(fs['factors']).__name__}")
         fs["factors"] = [float(x) for x in fs["factors"]]
     sets.sort(key=lambda fs: math.inf if fs["max_length"] is None else fs["max_length"])
     return sets
@@ -192,19 +482,30 @@ def _validate_longrope(s: float, p: dict, g: RopeGeometry) -> None:
     sets = _factor_sets(s, p, g)
     if sum(fs["max_length"] is None for fs in sets) != 1:
         raise RopeMethodError("longrope: exactly one factor set must have max_length null (the longest)")
+    limits = [fs["max_length"] for fs in sets if fs["max_length"] is not None]
+    if any(not (isinstance(x, int) and x >= 1) for x in limits) or len(set(limits)) != len(limits):
+        raise RopeMethodError(f"longrope: factor-set max_length values must be distinct positive integers, got {limits}")
     for k, fs in enumerate(sets):
         where = f"longrope factor set {k} (max_length {fs['max_length']})"
         if len(fs["factors"]) != g.n_pairs:
             raise RopeMethodError(
-                f"{where}: {len(fs['factors'])} factors, but head dimension {g.head_dim} needs {g.n_pairs}"
+                f"{where}: {len(fs['factors'])} factors, but head dimension {g.head_dim} needs {g.n_pairs} (d/2)"
             )
         bad = [x for x in fs["factors"] if not (math.isfinite(x) and x >= 1.0)]
         if bad:
             raise RopeMethodError(f"{where}: every factor must be >= 1 (got {bad[:3]})")
-        if p["monotone"] and any(b < a for a, b in zip(fs["factors"], fs["factors"][1:])):
-            raise RopeMethodError(f"{where}: factors must be non-decreasing in the dimension index")
-        if not (isinstance(fs["n_hat"], int) and fs["n_hat"] >= 0):
+        if p["monotone"]:
+            drops = [i for i in range(1, len(fs["factors"])) if fs["factors"][i] < fs["factors"][i - 1]]
+            if drops:
+                i = drops[0]
+                raise RopeMethodError(
+                    f"{where}: factors must be non-decreasing in the dimension index (lambda_{i} = "
+                    f"{fs['factors'][i]} < lambda_{i - 1} = {fs['factors'][i - 1]}); set monotone: false to allow"
+                )
+        if not (isinstance(fs["n_hat"], int) and not isinstance(fs["n_hat"], bool) and fs["n_hat"] >= 0):
             raise RopeMethodError(f"{where}: n_hat must be an integer >= 0, got {fs['n_hat']!r}")
+    if p["mscale"] is not None:
+        _number(p["mscale"], "longrope: mscale", 0.0, strict=True)
 
 
 def _build_longrope(s: float, p: dict, g: RopeGeometry) -> dict:

@@ -5,6 +5,9 @@ transformers keeps in ``config.rope_parameters``), plus a validator for its para
 that transformers has no exact built-in type for also register a *custom rope type*: a function
 computing the rotation angles for given positions (see ``CustomRopeType``), which
 ``longctx.rope.hf_patch`` plugs into the models' rotary embedding modules.
+
+Adding a method: one ``build`` function (and a validator) in ``methods.py``, one
+``register_method`` call, one test against an independent float64 formula.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -23,11 +26,17 @@ class RopeMethodError(ValueError):
 
 @dataclass(frozen=True)
 class RopeGeometry:
-    """What a method needs to know about the model: head dimension, base and original context."""
+    """What a method needs to know about the model: head dimension, base and original context.
+
+    ``max_position_embeddings`` is the value in the model's config when it differs from the
+    original context; transformers' ``dynamic`` type reads its L from there, so it is only used
+    when the two agree.
+    """
 
     head_dim: int
     base: float
     original_context: int
+    max_position_embeddings: int | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -38,6 +47,14 @@ class RopeGeometry:
         i = torch.arange(0, self.head_dim, 2, dtype=torch.int64).to(dtype)
         return 1.0 / (self.base ** (i / self.head_dim))
 
+    def check(self) -> None:
+        if not (isinstance(self.head_dim, int) and self.head_dim >= 2 and self.head_dim % 2 == 0):
+            raise RopeMethodError(f"RoPE head dimension must be an even integer >= 2, got {self.head_dim!r}")
+        if not (math.isfinite(self.base) and self.base > 1):
+            raise RopeMethodError(f"RoPE base (rope_theta) must be a number > 1, got {self.base!r}")
+        if not (isinstance(self.original_context, int) and self.original_context >= 1):
+            raise RopeMethodError(f"original context must be a positive integer, got {self.original_context!r}")
+
 
 @dataclass(frozen=True)
 class RopeMethod:
@@ -46,8 +63,9 @@ class RopeMethod:
     defaults: dict = field(default_factory=dict)
     validate: Callable[[float, dict, RopeGeometry], None] | None = None
     description: str = ""
-    # True when the method changes nothing at inference (e.g. randomized training positions)
-    training_only: bool = False
+    # training only: ``positions(batch_size, seq_len, generator, device) -> [B, T] float position ids``
+    # drawn afresh for every training batch (Giraffe's randomized positions); inference uses 0..T-1
+    training_positions: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -58,14 +76,23 @@ class CustomRopeType:
     the frequencies in use for a sequence of ``seq_len`` tokens. ``angles`` (optional) overrides the
     plain ``position * inv_freq`` product, for methods where a position's rotation depends on the
     position itself (LongRoPE's first ``n_hat`` tokens).
+
+    ``cache_stale(rope_parameters, cached_len, new_len)`` says whether keys cached while the
+    sequence had ``cached_len`` tokens are rotated differently once it has ``new_len``: true at a
+    LongRoPE factor-set switch, and at every step beyond L for the dynamic methods. Generation
+    with a KV cache must then recompute (see ``longctx.generation``).
     """
 
     name: str
     inv_freq: Callable[[dict, int, int | None], tuple[torch.Tensor, float]]
     angles: Callable[[dict, int, torch.Tensor], tuple[torch.Tensor, float]] | None = None
-    # lengths at which the frequencies of earlier positions change; generation with a KV cache
-    # that crosses one must recompute the cache (see longctx.generation)
+    cache_stale: Callable[[dict, int, int], bool] = lambda rope_parameters, cached_len, new_len: False
+    # the fixed lengths at which the rotation changes (LongRoPE's factor-set limits), if any
     switch_lengths: Callable[[dict], list[int]] = lambda rope_parameters: []
+    # for methods that scale queries and keys differently, which cos/sin cannot express (xPos):
+    # ``(rope_parameters, head_dim, query_positions [B, q], key_positions [B, k]) -> (q_scale
+    # [B, 1, q, d], k_scale [B, 1, k, d])``, applied to the rotated q and k inside attention
+    attention_scales: Callable | None = None
 
     def angles_for(self, rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
         if self.angles is not None:
@@ -117,8 +144,9 @@ def resolve_params(name: str, params: dict | None) -> dict:
 def build_rope_parameters(name: str, scale: float, params: dict | None, geometry: RopeGeometry) -> dict:
     """The ``rope_parameters`` dict for method ``name`` at ``scale`` (validated)."""
     method = get_method(name)
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
         raise RopeMethodError(f"RoPE method {name!r}: scale must be a number >= 1, got {scale!r}")
+    geometry.check()
     full = resolve_params(name, params)
     if method.validate is not None:
         method.validate(float(scale), full, geometry)
@@ -127,13 +155,16 @@ def build_rope_parameters(name: str, scale: float, params: dict | None, geometry
     return rope_parameters
 
 
+def _head_dim(config) -> int:
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
 def geometry_of(config) -> RopeGeometry:
     """RoPE geometry of a transformers config; the original context survives extension."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     meta = getattr(config, "longctx_rope", None) or {}
     base = meta.get("base") or config.rope_parameters["rope_theta"]
     original = meta.get("original_context") or config.max_position_embeddings
-    return RopeGeometry(int(head_dim), float(base), int(original))
+    return RopeGeometry(_head_dim(config), float(base), int(original), int(config.max_position_embeddings))
 
 
 def rope_spec_of(config) -> dict:
@@ -152,12 +183,16 @@ def apply_to_model(model, method: str, scale: float, params: dict | None = None)
     """Switch ``model`` to a RoPE method in place and record it in the config (saved with the model).
 
     The original geometry (base, original context) is kept from the first extension, so a model
-    extended twice is described relative to its pretrained RoPE.
+    extended twice is described relative to its pretrained RoPE. ``max_position_embeddings`` is
+    left as it is (transformers' ``dynamic`` type reads L from it).
     """
     config = model.config
     geometry = geometry_of(config)
     full = resolve_params(method, params)
     rope_parameters = build_rope_parameters(method, scale, full, geometry)
+    modules = _rotary_modules(model)
+    if not modules:
+        raise RopeMethodError(f"{type(model).__name__} has no rotary embedding module to rescale")
     config.rope_parameters = rope_parameters
     config.longctx_rope = {
         "method": method,
@@ -166,9 +201,6 @@ def apply_to_model(model, method: str, scale: float, params: dict | None = None)
         "base": geometry.base,
         "original_context": geometry.original_context,
     }
-    modules = _rotary_modules(model)
-    if not modules:
-        raise RopeMethodError(f"{type(model).__name__} has no rotary embedding module to rescale")
     for name, module in modules:
         device = module.inv_freq.device
         new = type(module)(config=config).to(device)
@@ -177,27 +209,102 @@ def apply_to_model(model, method: str, scale: float, params: dict | None = None)
     return model
 
 
-def _rotary_for(rope_parameters: dict, head_dim: int):
+# --- what the other stages ask of a model's RoPE ------------------------------------------------
+
+
+def cache_is_stale(config, cached_len: int, new_len: int) -> bool:
+    """Whether keys cached for a ``cached_len``-token sequence are rotated wrongly at ``new_len``.
+
+    Holds at a LongRoPE short/long switch and, for dynamic NTK / dynamic YaRN, at every length
+    beyond L (their scale s = max(1, len/L) changes the rotation of every position).
+    """
+    params = config.rope_parameters
+    rope_type = params.get("rope_type")
+    if rope_type == "longrope":
+        L = int(params["original_max_position_embeddings"])
+        return cached_len <= L < new_len or new_len <= L < cached_len
+    if rope_type == "dynamic":
+        L = int(config.max_position_embeddings)
+        return new_len != cached_len and max(cached_len, new_len) > L
+    if rope_type in CUSTOM_TYPES:
+        return bool(CUSTOM_TYPES[rope_type].cache_stale(params, cached_len, new_len))
+    return False
+
+
+def switch_lengths(config) -> list[int]:
+    """Fixed sequence lengths at which the model's RoPE changes the rotation of earlier positions
+    (LongRoPE factor-set limits). The dynamic methods change it at *every* length beyond L; ask
+    ``cache_is_stale`` or ``length_dependent_beyond`` for those."""
+    params = config.rope_parameters
+    rope_type = params.get("rope_type")
+    if rope_type == "longrope":
+        return [int(params["original_max_position_embeddings"])]
+    if rope_type in CUSTOM_TYPES:
+        return sorted(int(x) for x in CUSTOM_TYPES[rope_type].switch_lengths(params))
+    return []
+
+
+def length_dependent_beyond(config) -> int | None:
+    """L for the dynamic methods (every length above it rotates all positions differently), else None.
+
+    Rows of different lengths above L cannot share a batch exactly: the rotary module picks the
+    scale from the longest row."""
+    params = config.rope_parameters
+    rope_type = params.get("rope_type")
+    if rope_type == "dynamic":
+        return int(config.max_position_embeddings)
+    if rope_type in CUSTOM_TYPES and CUSTOM_TYPES[rope_type].cache_stale(params, 10**12, 10**12 + 1):
+        return int(params["original_max_position_embeddings"])
+    return None
+
+
+def training_inputs(config, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
+                    device=None) -> dict:
+    """Extra forward kwargs for one training batch of the model's RoPE method ({} for most).
+
+    For Giraffe's randomized positions: fresh ``position_ids`` [B, T] (float) and an all-ones
+    ``attention_mask``. The mask matters: without one, transformers reads positions that do not
+    step by 1 as several packed sequences and masks attention between them.
+    """
+    method = get_method(rope_spec_of(config)["method"])
+    if method.training_positions is None:
+        return {}
+    positions = method.training_positions(batch_size, seq_len, generator, device)
+    mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=positions.device)
+    return {"position_ids": positions, "attention_mask": mask}
+
+
+# --- tables for tests, search seeds and plots -----------------------------------------------------
+
+
+def _rotary_for(rope_parameters: dict, head_dim: int, max_position_embeddings: int | None = None):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+    if max_position_embeddings is None:
+        max_position_embeddings = rope_parameters.get("original_max_position_embeddings", 2048)
     config = LlamaConfig(
         hidden_size=head_dim,
         num_attention_heads=1,
         head_dim=head_dim,
-        max_position_embeddings=rope_parameters.get("original_max_position_embeddings", 2048),
+        max_position_embeddings=max_position_embeddings,
         rope_parameters=copy.deepcopy(rope_parameters),
     )
     return LlamaRotaryEmbedding(config)
 
 
-def cos_sin(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
-    """cos and sin tables [B, T, head_dim] exactly as a model's attention sees them (float32)."""
-    rotary = _rotary_for(rope_parameters, head_dim)
+def cos_sin(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor, max_position_embeddings=None):
+    """cos and sin tables [B, T, head_dim] exactly as a model's attention sees them (float32).
+
+    ``max_position_embeddings``: the L of transformers' ``dynamic`` type (default: the
+    parameters' ``original_max_position_embeddings``, else 2048).
+    """
+    rotary = _rotary_for(rope_parameters, head_dim, max_position_embeddings)
     return rotary(torch.zeros(1, dtype=torch.float32), position_ids)
 
 
-def inverse_frequencies(rope_parameters: dict, head_dim: int, seq_len: int | None = None) -> torch.Tensor:
+def inverse_frequencies(rope_parameters: dict, head_dim: int, seq_len: int | None = None,
+                        max_position_embeddings=None) -> torch.Tensor:
     """Per-pair frequencies in use at sequence length ``seq_len`` (for tests, search seeds, plots).
 
     Start tokens kept at original RoPE (LongRoPE's n_hat) are not reflected: this is the
@@ -208,7 +315,7 @@ def inverse_frequencies(rope_parameters: dict, head_dim: int, seq_len: int | Non
     rope_type = rope_parameters["rope_type"]
     if rope_type in CUSTOM_TYPES:
         return CUSTOM_TYPES[rope_type].inv_freq(rope_parameters, head_dim, seq_len)[0].double()
-    rotary = _rotary_for(rope_parameters, head_dim)
+    rotary = _rotary_for(rope_parameters, head_dim, max_position_embeddings)
     if rope_type == "default":
         return rotary.inv_freq.double()
     inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](rotary.config, None, seq_len=seq_len)
