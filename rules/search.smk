@@ -1,30 +1,71 @@
 # LongRoPE evolutionary factor search at a variant's target length; resumes from its candidate log.
+# A progressive chain's later step searches on the weights of its last fine-tuned step, multiplying
+# the factors those were fine-tuned with; its final model gets short-context recovery searches.
 
 SEARCH_CORPUS = lc.search_corpus(config)
+SEARCH_SETTINGS = {k: v for k, v in config["search"].items() if k not in ("corpus", "split")}
 
 
 rule search:
     input:
-        model=f"{R}/models/base",
+        model=lambda w: start_dir(w.variant),
         data=token_files(SEARCH_CORPUS, config["search"]["split"]),
+        base_factors=lambda w: base_factors_file(w.variant),
     output:
         f"{R}/search/{{variant}}/factors.json",
     wildcard_constraints:
-        variant=one_of(SEARCHED),
+        variant=one_of([n for n in SEARCHED if n not in RECOVERED]),
     params:
         variant=lambda w: q(variant_dict(w.variant)),
-        settings=q({k: v for k, v in config["search"].items() if k not in ("corpus", "split")}),
+        settings=q(SEARCH_SETTINGS),
         prefix=f"{R}/data/{SEARCH_CORPUS}/{config['search']['split']}",
+        base_factors=lambda w: f"--base-factors {base_factors_file(w.variant)}" if VARIANTS[w.variant].start else "",
         log_file=f"{R}/search/{{variant}}/candidates.jsonl",
         run=q(RUN),
         seed=config["seed"],
         device=config["device"],
-    threads: workflow.cores
+        launch=launcher(data_parallel=False),
+    threads: stage_threads("search")
+    resources:
+        **stage_resources("search"),
     log:
         f"{R}/logs/search/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
-        "python -m longctx search --model {input.model} --data {params.prefix} --out {output} "
+        "{params.launch} search --model {input.model} --data {params.prefix} --out {output} "
         "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
-        "--run {params.run} --seed {params.seed} --device {params.device} --log-file {params.log_file} > {log} 2>&1"
+        "--run {params.run} --seed {params.seed} --device {params.device} --log-file {params.log_file} "
+        "{params.base_factors} > {log} 2>&1"
+
+
+rule recovery:
+    input:
+        model=lambda w: start_dir(w.variant),
+        data=token_files(SEARCH_CORPUS, config["search"]["split"]),
+        long_factors=lambda w: factors_file(VARIANTS[w.variant].recovery_of),
+    output:
+        f"{R}/search/{{variant}}/factors.json",
+    wildcard_constraints:
+        variant=one_of(RECOVERED),
+    params:
+        variant=lambda w: q(variant_dict(w.variant)),
+        settings=q(SEARCH_SETTINGS),
+        prefix=f"{R}/data/{SEARCH_CORPUS}/{config['search']['split']}",
+        log_dir=f"{R}/search/{{variant}}",
+        run=q(RUN),
+        seed=config["seed"],
+        device=config["device"],
+        launch=launcher(data_parallel=False),
+    threads: stage_threads("search")
+    resources:
+        **stage_resources("search"),
+    log:
+        f"{R}/logs/search/{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/search/{{variant}}.tsv"
+    shell:
+        "{params.launch} recovery --model {input.model} --data {params.prefix} --out {output} "
+        "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
+        "--run {params.run} --seed {params.seed} --device {params.device} --long-factors {input.long_factors} "
+        "--log-dir {params.log_dir} > {log} 2>&1"

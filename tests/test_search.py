@@ -87,3 +87,41 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
 def test_space_bounds_follow_paper_or_code():
     assert space_for(GEOMETRY, 8.0, SETTINGS).lambda_max == 10.0  # paper: 1.25 s
     assert space_for(GEOMETRY, 8.0, {**SETTINGS, "lambda_max_plus_one": True}).lambda_max == 9.0  # code: 1 + s
+
+
+def test_first_population_starts_with_the_pi_ntk_and_yarn_seeds(tmp_path):
+    calls = []
+    space = space_for(GEOMETRY, 4.0, SETTINGS)
+    seeds = seed_factors(GEOMETRY, 4.0)
+    evolutionary_search(synthetic_fitness(calls), space, list(seeds.values()), SETTINGS, seed=1,
+                        log_path=tmp_path / "log.jsonl")
+    # the seeds on the 0.01 grid, made monotone, with n_hat 0: evaluated first, in order
+    for (n_hat, factors), name in zip(calls[:3], ("pi", "ntk", "yarn")):
+        assert n_hat == 0
+        assert factors == pytest.approx(seeds[name], abs=0.0051), name
+    assert calls[0] == (0, (4.0,) * 8)  # PI: lambda_i = s everywhere
+
+
+def test_large_lengths_halve_the_population_and_use_fewer_documents():
+    from longctx.search import settings_at
+
+    paper = {**SETTINGS, "population": 64, "mutations": 16, "crossovers": 16, "parents": 32, "documents": 5,
+             "large_length": 524288, "large_documents": 3}
+    assert settings_at(paper, 524288) == paper  # 512k itself is not above 512k
+    big = settings_at(paper, 1048576)
+    assert (big["population"], big["mutations"], big["crossovers"], big["parents"], big["documents"]) == \
+        (32, 8, 8, 16, 3)
+    assert settings_at({**paper, "large_length": None}, 10**7) == {**paper, "large_length": None}
+
+
+def test_too_few_long_documents_is_an_error_naming_the_key():
+    from longctx.search import SearchError, pick_documents
+
+    lengths = [100, 5000, 40, 9000, 8192]
+    assert pick_documents(lengths, 8192, 2, seed=0, where="x") == [3, 4]
+    with pytest.raises(SearchError, match=r"only 2 of 5 documents have at least 8192 tokens.*search\.documents asks for 3"):
+        pick_documents(lengths, 8192, 3, seed=0, where="x")
+    # a random choice among the long enough, fixed by the seed
+    many = [9000] * 20
+    assert pick_documents(many, 8192, 5, seed=1, where="x") == pick_documents(many, 8192, 5, seed=1, where="x")
+    assert pick_documents(many, 8192, 5, seed=1, where="x") != pick_documents(many, 8192, 5, seed=2, where="x")

@@ -23,6 +23,7 @@ SMALL = {
         {"method": "pi", "scale": 4, "finetune": True},
         {"method": "yarn", "scale": 4},
     ],
+    "progressive": [],
     "finetune": {"steps": 30},
     "evaluate": {"length_multiples": [1, 4], "passkey": {"trials": 2}},
     "wandb": {"mode": "disabled"},

@@ -1,0 +1,245 @@
+"""LongRoPE's progressive extension: the chain as variants, the secondary search, recovery factor sets."""
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from longctx import config as lc
+from longctx import stages
+from longctx.io import read_json, write_json
+from longctx.progressive import final_record, recovery_task
+from longctx.rope import apply_to_model, geometry_of
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = {"experiment": "t", "model_source": "pretrain", "model": "pretrain", "original_context": 16, "seed": 0}
+
+
+def default_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def search_settings(**over):
+    cfg = lc.load_config(REPO / "config.yaml")
+    s = {k: v for k, v in cfg["search"].items() if k not in ("corpus", "split")}
+    s.update({"population": 6, "iterations": 1, "mutations": 2, "crossovers": 2, "parents": 3, "documents": 2,
+              "n_hat_choices": [0, 1, 2, 4]})
+    s.update(over)
+    return s
+
+
+def write_token_files(prefix: Path, docs: list[np.ndarray]) -> None:
+    """A prepared split (as ``longctx.data.prepare_split`` writes it) from token arrays."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    stream, bounds, pos = [], [], 0
+    for d in docs:
+        stream += [1, *d.tolist(), 2]
+        bounds.append((pos + 1, pos + 1 + len(d)))
+        pos += len(d) + 2
+    np.asarray(stream, dtype=np.uint16).tofile(prefix.with_suffix(".bin"))
+    np.save(prefix.with_suffix(".idx.npy"), np.asarray(bounds, dtype=np.int64))
+    write_json(prefix.with_suffix(".json"), {"split": prefix.name, "dtype": "uint16", "documents": len(docs),
+                                             "tokens": int(sum(len(d) for d in docs)), "bos_token_id": 1,
+                                             "eos_token_id": 2, "document_ids": [f"doc{i}" for i in range(len(docs))]})
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny saved model (original context 16) and validation documents of 100-200 tokens."""
+    from conftest import tiny_llama
+
+    root = tmp_path_factory.mktemp("progressive")
+    tiny_llama(context=16).save_pretrained(root / "base")
+    rng = np.random.default_rng(0)
+    write_token_files(root / "data" / "validation", [rng.integers(3, 96, n) for n in (150, 90, 200, 120)])
+    return root
+
+
+# --- the chain as variants ----------------------------------------------------------------------
+
+
+def test_a_chain_resolves_into_variants_in_dag_order():
+    cfg = default_config()
+    cfg["progressive"] = [{"name": "lr", "steps": [{"scale": 4, "finetune_steps": 30}, {"scale": 8, "finetune_steps": 20},
+                                                   {"scale": 32}], "recovery": [1, 2]}]
+    chain = [v for v in lc.variants(lc.validate(cfg)) if v.chain == "lr"]
+    assert [v.name for v in chain] == ["lr-x4-ft", "lr-x8-ft", "lr-x32", "lr-x32-recovery"]
+    assert [v.start for v in chain] == [None, "lr-x4-ft", "lr-x8-ft", "lr-x8-ft"]  # the weights each starts from
+    assert [v.finetune_steps for v in chain] == [30, 20, None, None]
+    assert all(v.search and v.method == "longrope" for v in chain)
+    final = chain[-1]
+    assert (final.recovery_of, final.recovery_lengths, final.scale) == ("lr-x32", (128, 256), 32.0)
+
+
+def test_the_embedded_default_runs_a_scaled_down_chain():
+    names = {v.name: v for v in lc.variants(lc.load_config(REPO / "config.yaml"))}
+    assert names["longrope-prog-x4-ft"].finetune_steps == 40
+    assert names["longrope-prog-x8"].start == "longrope-prog-x4-ft" and not names["longrope-prog-x8"].finetune
+    assert names["longrope-prog-x8-recovery"].recovery_lengths == (128,)
+
+
+@pytest.mark.parametrize("chain,key", [
+    ({"steps": [{"scale": 4}, {"scale": 2}]}, r"progressive\[0\]\.steps\[1\]\.scale"),  # scales must grow
+    ({"steps": [{"scale": 1}]}, r"progressive\[0\]\.steps\[0\]\.scale"),
+    ({"steps": [{"scale": 4}], "recovery": [4]}, r"progressive\[0\]\.recovery\[0\]"),  # not below the last scale
+    ({"steps": [{"scale": 4}], "params": {"factors": [1.0]}}, r"progressive\[0\]\.params"),
+    ({"steps": [{"scale": 4, "finetune_steps": 0}]}, r"progressive\[0\]\.steps\[0\]\.finetune_steps"),
+    ({"name": "pi", "steps": [{"scale": 4}], "recovery": []}, r"progressive"),  # pi-x4 is taken
+])
+def test_chain_mistakes_name_their_key(chain, key):
+    cfg = default_config()
+    cfg["progressive"] = [chain]
+    with pytest.raises(lc.ConfigError, match=key):
+        lc.validate(cfg)
+
+
+# --- secondary search ---------------------------------------------------------------------------
+
+
+def test_secondary_search_multiplies_the_finetuned_factors(workspace, tmp_path):
+    """A later chain step searches lambda' and the model runs with lambda_ft * lambda'."""
+    from longctx.evaluate.perplexity import window_nll
+    from longctx.model import load_model
+
+    base = [1.0, 1.0, 1.1, 1.2, 1.5, 1.8, 2.0, 2.2]  # what the weights were "fine-tuned" with at 2x
+    tuned = tmp_path / "tuned.json"
+    write_json(tuned, {"scale": 2.0, "rope_scale": 2.0, "factors": base, "n_hat": 0,
+                       "rope_params": {"factors": base, "n_hat": 0}})
+    variant = {"name": "c-x4", "method": "longrope", "scale": 4.0, "params": {}, "finetune": False, "search": True}
+    out = tmp_path / "search" / "factors.json"
+    stages.stage_search(workspace / "base", workspace / "data" / "validation", out, variant, search_settings(), 16,
+                        RUN, 0, "cpu", base_factors_file=tuned)
+    found = read_json(out)
+    assert found["kind"] == "secondary" and found["base_factors"] == base
+    assert found["factors"] == pytest.approx([a * b for a, b in zip(base, found["relative_factors"])])
+    assert found["rope_params"]["factors"] == found["factors"]
+    # the relative PI seed (lambda' = 4 / 2 everywhere) was scored as the model with 2 x lambda_ft
+    model = load_model(workspace / "base")
+    lengths = {f"doc{i}": n for i, n in enumerate((150, 90, 200, 120))}
+    assert all(lengths[d] >= 64 for d in found["documents"])
+    from longctx.data import TokenFile
+
+    data = TokenFile.open(workspace / "data" / "validation")
+    windows = torch.stack([torch.as_tensor(data.document(int(d[3:]))[:64].astype(np.int64)) for d in found["documents"]])
+    log = [json.loads(line) for line in (out.parent / "factors.log.jsonl").read_text().splitlines()]
+    assert log[0]["factors"] == [2.0] * 8 and log[0]["n_hat"] == 0
+    apply_to_model(model, "longrope", 4.0, {"factors": [2 * b for b in base], "n_hat": 0})
+    sums, n = window_nll(model, windows)
+    assert log[0]["perplexity"] == pytest.approx(math.exp(sum(s / n for s in sums) / len(sums)), rel=1e-5)
+
+
+def test_a_search_with_too_few_long_documents_fails_before_loading_the_model(workspace, tmp_path):
+    from longctx.search import SearchError
+
+    variant = {"name": "x", "method": "longrope", "scale": 8.0, "params": {}, "finetune": False, "search": True}
+    with pytest.raises(SearchError, match=r"validation: only 2 of 4 documents have at least 128 tokens.*search\.documents"):
+        stages.stage_search(tmp_path / "no-model-here", workspace / "data" / "validation", tmp_path / "f.json",
+                            variant, search_settings(documents=3), 16, RUN, 0, "cpu")
+
+
+# --- short-context recovery ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("short_n_hat,long_n_hat", [(2, 4), (0, 0)])  # our rope type; transformers' longrope
+def test_recovery_factors_serve_short_sequences_and_the_long_ones_long(workspace, short_n_hat, long_n_hat):
+    """Through the model: at most the switch length it runs as with the recovery set alone, above it
+    as with the long set alone."""
+    from longctx.model import load_model
+
+    model = load_model(workspace / "base")
+    geometry = geometry_of(model.config)
+    long_set = {"factors": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0, 9.0, 10.0], "n_hat": long_n_hat}
+    task = recovery_task(geometry, 16, 8.0, long_set, search_settings())
+    assert task.space.lambda_max == 1.25  # the lower bound of the recovery length (1.25 x 16/16), not 1.25 x 8
+    assert {"pi", "ntk", "yarn"} <= set(task.seeds) and task.seeds["pi"] == pytest.approx([1.0] * 8)
+    short = {"factors": [1.0, 1.0, 1.05, 1.1, 1.1, 1.2, 1.25, 1.25], "n_hat": short_n_hat}
+    both = final_record({"rope_params": long_set, "length": 128, "perplexity": 1.0},
+                        [{"length": 16, **short, "history": []}], "c-x8")
+    assert [s["max_length"] for s in both["rope_params"]["factor_sets"]] == [16, None]
+
+    def logits(params, n):
+        apply_to_model(model, "longrope", 8.0, params)
+        ids = torch.arange(3, 3 + n)[None] % 90 + 3
+        with torch.no_grad():
+            return model(ids).logits
+
+    for n, alone in ((16, short), (12, short), (17, long_set), (64, long_set)):
+        combined = logits(both["rope_params"], n)
+        torch.testing.assert_close(combined, logits(alone, n), rtol=0, atol=0)
+    # and the two sets do differ where it matters
+    assert not torch.equal(logits(short, 16), logits(long_set, 16))
+
+
+def test_recovery_stage_gives_the_final_model_its_factor_sets(workspace, tmp_path):
+    long_file = tmp_path / "long.json"
+    long_params = {"factors": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0, 9.0, 10.0], "n_hat": 4}
+    write_json(long_file, {"kind": "search", "scale": 8.0, "length": 128, "perplexity": 50.0, **long_params,
+                           "rope_params": long_params})
+    variant = asdict(lc.Variant("c-x8-recovery", "longrope", 8.0, {}, False, True, recovery_of="c-x8",
+                                recovery_lengths=(16, 32)))
+    out = tmp_path / "rec" / "factors.json"
+    stages.stage_recovery(workspace / "base", workspace / "data" / "validation", out, variant, search_settings(), 16,
+                          RUN, 0, long_file, "cpu")
+    found = read_json(out)
+    sets = found["rope_params"]["factor_sets"]
+    assert [s["max_length"] for s in sets] == [16, 32, None]
+    assert sets[-1]["factors"] == long_params["factors"] and sets[-1]["n_hat"] == 4
+    assert [r["length"] for r in found["recoveries"]] == [16, 32]
+    for r, bound in zip(found["recoveries"], (1.25, 2.5)):  # each length's own, lower, maximum lambda
+        assert r["kind"] == "recovery" and r["lambda_max"] == bound and max(r["factors"]) <= bound
+    assert (found["length"], found["history"]) == (16, found["recoveries"][0]["history"])  # what the report plots
+    # the evaluate stage loads it as the variant's RoPE
+    model = stages._extended_model(workspace / "base", variant, out)
+    assert model.config.rope_parameters["rope_type"] == "longctx_longrope"
+    assert [s["max_length"] for s in model.config.rope_parameters["factor_sets"]] == [16, 32, None]
+
+
+def test_a_chain_runs_stage_by_stage(tmp_path, austen_tokenizer):
+    """Search 2x on the base, fine-tune 1 step there, secondary search at 4x on those weights, recovery
+    at 1x: each stage's output feeds the next as the rules wire them."""
+    from conftest import tiny_llama
+    from longctx.data import load_tokenizer
+    from longctx.model import load_model
+
+    tiny_llama(vocab_size=512, context=16).save_pretrained(tmp_path / "models" / "base")
+    load_tokenizer(austen_tokenizer).save_pretrained(tmp_path / "models" / "base")
+    rng = np.random.default_rng(1)
+    for split in ("train", "validation"):
+        write_token_files(tmp_path / "data" / split, [rng.integers(3, 512, 160) for _ in range(4)])
+    cfg = default_config()
+    cfg["progressive"] = [{"name": "c", "steps": [{"scale": 2, "finetune_steps": 1}, {"scale": 4}], "recovery": [1]}]
+    cfg["model"]["pretrain"]["context"] = 16
+    cfg = lc.validate(cfg)
+    chain = {v.name: asdict(v) for v in lc.variants(cfg) if v.chain == "c"}
+    assert list(chain) == ["c-x2-ft", "c-x4", "c-x4-recovery"]
+    settings = search_settings()
+    ft = {**{k: v for k, v in cfg["finetune"].items() if k != "corpus"}, "batch_size": 2, "micro_batch_size": 2,
+          "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1}
+    models, search = tmp_path / "models", tmp_path / "search"
+    val = tmp_path / "data" / "validation"
+
+    stages.stage_search(models / "base", val, search / "c-x2-ft" / "factors.json", chain["c-x2-ft"], settings, 16,
+                        RUN, 0, "cpu")
+    stages.stage_finetune(models / "base", tmp_path / "data" / "train", models / "c-x2-ft", chain["c-x2-ft"], ft, 16,
+                          RUN, 0, "cpu", search / "c-x2-ft" / "factors.json", tmp_path / "work" / "c-x2-ft")
+    step1 = read_json(search / "c-x2-ft" / "factors.json")
+    tuned = load_model(models / "c-x2-ft")  # the weights carry the factors they were fine-tuned with
+    assert tuned.config.longctx_rope["params"]["factors"] == step1["factors"]
+    stages.stage_search(models / "c-x2-ft", val, search / "c-x4" / "factors.json", chain["c-x4"], settings, 16, RUN, 0,
+                        "cpu", base_factors_file=search / "c-x2-ft" / "factors.json")
+    step2 = read_json(search / "c-x4" / "factors.json")
+    assert step2["kind"] == "secondary" and step2["base_factors"] == step1["factors"]
+    assert step2["factors"] == pytest.approx([a * b for a, b in zip(step1["factors"], step2["relative_factors"])])
+    stages.stage_recovery(models / "c-x2-ft", val, search / "c-x4-recovery" / "factors.json", chain["c-x4-recovery"],
+                          settings, 16, RUN, 0, search / "c-x4" / "factors.json", "cpu")
+    final = read_json(search / "c-x4-recovery" / "factors.json")
+    sets = final["rope_params"]["factor_sets"]
+    assert [s["max_length"] for s in sets] == [16, None] and sets[-1]["factors"] == step2["factors"]
+    # the final model: fine-tuned weights of step 1, the short set up to 16 tokens, the 4x set beyond
+    model = stages._extended_model(models / "c-x2-ft", chain["c-x4-recovery"], search / "c-x4-recovery" / "factors.json")
+    assert model.config.longctx_rope["scale"] == 4.0
