@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 
 from longctx import config as lc
+from longctx.evaluate import plan as lc_eval
 from longctx.tracking import ENV as WANDB_ENV, settings_env
 
 try:
@@ -22,7 +23,9 @@ LENGTHS = lc.eval_lengths(config)
 VARIANTS = {v.name: v for v in lc.variants(config)}
 FINETUNED = [n for n, v in VARIANTS.items() if v.finetune]
 SEARCHED = [n for n, v in VARIANTS.items() if v.search]
-EVALS = [e for e in ("perplexity", "passkey") if config["evaluate"][e]["enabled"]]
+RECOVERED = [n for n, v in VARIANTS.items() if v.recovery_of]  # progressive chains' final models
+EVALS = lc_eval.enabled_evaluations(config)
+EVAL_LENGTHS = {e: lc_eval.lengths_for(config, e) for e in EVALS}  # each evaluation's own lengths
 PPL_CORPUS = lc.eval_corpus(config)
 
 # W&B settings reach jobs through the environment, not params: toggling W&B reruns nothing
@@ -47,8 +50,21 @@ def variant_dict(name):
 
 
 def model_dir(name):
-    """The weights a variant runs on: its fine-tuned folder, or the base model."""
-    return f"{R}/models/{name}" if VARIANTS[name].finetune else f"{R}/models/base"
+    """The weights a variant runs on: its fine-tuned folder, or those it starts from."""
+    return f"{R}/models/{name}" if VARIANTS[name].finetune else start_dir(name)
+
+
+def start_dir(name):
+    """The weights a variant's search and fine-tuning start from: the base model, or (a progressive
+    chain's later stage) the fine-tuned folder of the chain's last fine-tuned step."""
+    start = VARIANTS[name].start
+    return f"{R}/models/{start}" if start else f"{R}/models/base"
+
+
+def base_factors_file(name):
+    """A chain's secondary search multiplies the factors its starting weights were fine-tuned with."""
+    start = VARIANTS[name].start
+    return factors_file(start) if start else []
 
 
 def factors_file(name):
@@ -57,6 +73,31 @@ def factors_file(name):
 
 def token_files(corpus, split):
     return multiext(f"{R}/data/{corpus}/{split}", ".bin", ".idx.npy", ".json")
+
+
+# --- cluster resources and launchers (docs/cluster.md) ---
+
+
+def stage_resources(stage):
+    """A rule's `resources:` from config `resources.<stage>`; time and memory grow with each retry."""
+    return lc.stage_resources(config, stage).snakemake_resources()
+
+
+def stage_threads(stage):
+    return lc.stage_resources(config, stage).cpus
+
+
+def launcher(data_parallel):
+    """params: what stands for `python -m longctx` in a GPU rule, built from the job's resources:
+    plain python, `accelerate launch` over one node's GPUs, or srun + torchrun over several nodes."""
+    from longctx.launch import from_resources
+
+    return lambda wildcards, resources: from_resources(resources, data_parallel)
+
+
+def eval_result_files(variants=None):
+    """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths."""
+    return [f"{R}/eval/{v}/{e}-{n}.json" for v in (variants or VARIANTS) for e in EVALS for n in EVAL_LENGTHS[e]]
 
 
 def one_of(names):

@@ -6,6 +6,9 @@ rule tokenizer:
         directory(f"{R}/tokenizer"),
     params:
         cfg=q({k: config[k] for k in ("model", "corpora", "seed")}),
+    threads: stage_threads("tokenizer")
+    resources:
+        **stage_resources("tokenizer"),
     log:
         f"{R}/logs/tokenizer.log",
     benchmark:
@@ -23,6 +26,9 @@ rule prepare_corpus:
         corpus=lambda w: q(config["corpora"][w.corpus]),
         prefix=f"{R}/data/{{corpus}}/{{split}}",
         run=q(RUN),
+    threads: stage_threads("prepare")
+    resources:
+        **stage_resources("prepare"),
     log:
         f"{R}/logs/prepare/{{corpus}}-{{split}}.log",
     benchmark:

@@ -1,11 +1,8 @@
 # Evaluations: one cached JSON per (variant, evaluation, length).
 
 PPL = config["evaluate"]["perplexity"]
-EVAL_SETTINGS = {
-    "perplexity": {k: v for k, v in PPL.items() if k not in ("enabled", "corpus", "split")},
-    "passkey": {"trials_per_length": config["evaluate"]["passkey"]["trials"],
-                "max_new_tokens": config["evaluate"]["passkey"]["max_new_tokens"]},
-}
+# each evaluation's keyword arguments (longctx.evaluate.plan); hub datasets load inside the job
+EVAL_SETTINGS = {e: lc_eval.settings_for(config, e) for e in EVALS}
 
 
 def eval_inputs(w):
@@ -30,12 +27,15 @@ rule evaluate:
         run=q(RUN),
         seed=config["seed"],
         device=config["device"],
-    threads: 1
+        launch=launcher(data_parallel=False),
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     log:
         f"{R}/logs/eval/{{variant}}/{{eval}}-{{length}}.log",
     benchmark:
         f"{R}/benchmarks/eval/{{variant}}/{{eval}}-{{length}}.tsv"
     shell:
-        "python -m longctx evaluate --eval {wildcards.eval} --model {input.model} --out {output} "
+        "{params.launch} evaluate --eval {wildcards.eval} --model {input.model} --out {output} "
         "--variant {params.variant} --length {wildcards.length} --settings {params.settings} "
         "--run {params.run} --seed {params.seed} --device {params.device} {params.data} {params.factors} > {log} 2>&1"

@@ -5,7 +5,7 @@ FT_CORPUS = lc.train_corpus(config, "finetune")
 
 rule finetune:
     input:
-        model=f"{R}/models/base",
+        model=lambda w: start_dir(w.variant),
         data=token_files(FT_CORPUS, "train"),
         factors=lambda w: factors_file(w.variant),
     output:
@@ -21,13 +21,16 @@ rule finetune:
         run=q(RUN),
         seed=config["seed"],
         device=config["device"],
-    threads: workflow.cores
+        launch=launcher(data_parallel=True),
+    threads: stage_threads("finetune")
+    resources:
+        **stage_resources("finetune"),
     log:
         f"{R}/logs/finetune/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{{variant}}.tsv"
     shell:
-        "python -m longctx finetune --model {input.model} --data {params.prefix} --out {output} "
+        "{params.launch} finetune --model {input.model} --data {params.prefix} --out {output} "
         "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
         "--run {params.run} --seed {params.seed} --device {params.device} {params.factors} "
         "--work-dir {params.work_dir} > {log} 2>&1"

@@ -14,12 +14,15 @@ rule base_model:
         train_prefix=f"{R}/data/{lc.train_corpus(config, 'pretrain')}/train",
         work_dir=f"{R}/work/base",
         run=q(RUN),
-    threads: workflow.cores
+        launch=launcher(data_parallel=PRETRAIN),
+    threads: stage_threads("base_model")
+    resources:
+        **stage_resources("base_model"),
     log:
         f"{R}/logs/base_model.log",
     benchmark:
         f"{R}/benchmarks/base_model.tsv"
     shell:
-        "python -m longctx base-model --config-json {params.cfg} --tokenizer {input.tokenizer} "
+        "{params.launch} base-model --config-json {params.cfg} --tokenizer {input.tokenizer} "
         "--train-data {params.train_prefix} --out {output} --work-dir {params.work_dir} "
         "--run {params.run} > {log} 2>&1"

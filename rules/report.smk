@@ -38,6 +38,9 @@ rule compare:
     output:
         md=f"{config['results_dir']}/compare.md",
         csv=f"{config['results_dir']}/compare.csv",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     log:
         f"{R}/logs/compare.log",
     shell:

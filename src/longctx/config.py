@@ -107,6 +107,13 @@ class Variant:
     params: dict
     finetune: bool
     search: bool
+    # progressive LongRoPE chains (longctx.progressive); the defaults describe a plain variant
+    start: str | None = None  # the fine-tuned variant whose weights this one starts from (None: the base model)
+    finetune_steps: int | None = None  # a chain step's fine-tune steps (None: finetune.steps)
+    chain: str | None = None  # the chain this variant is a stage of
+    recovery_of: str | None = None  # recovery stage: the chain step whose long factors it completes
+    recovery_lengths: tuple = ()  # recovery stage: the lengths of its short factor sets
+    recovery_lambda_max: float | None = None  # recovery stage: the bound of lambda (None: that of each length)
 
     def target_length(self, original_context: int) -> int:
         return int(round(self.scale * original_context))
@@ -125,6 +132,10 @@ def variants(config: dict) -> list[Variant]:
     for v in config["variants"]:
         name = v["name"] or _default_name(v)
         out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), v["finetune"], v["search"]))
+    if config.get("progressive"):
+        from longctx.progressive import chain_variants
+
+        out += chain_variants(config, original_context(config))
     return out
 
 
@@ -224,9 +235,28 @@ def _check_semantics(config: dict) -> None:
         if name in names or name == "base":
             raise ConfigError(f"config key '{where}.name': variant name {name!r} is used twice (or is reserved: base)")
         names.add(name)
+    if config["progressive"]:
+        from longctx.progressive import chain_variants, check_chains
+
+        check_chains(config, original_context(config))
+        for i, v in enumerate(chain_variants(config, original_context(config))):
+            if v.name in names or v.name == "base":
+                raise ConfigError(f"config key 'progressive': variant name {v.name!r} is used twice (or is reserved: "
+                                  f"base); give the chain another name")
+            names.add(v.name)
     lengths = config["evaluate"]["lengths"]
     if lengths is not None and not lengths:
         raise ConfigError("config key 'evaluate.lengths': give at least one length, or null")
     search = config["search"]
     if search["parents"] > search["population"]:
         raise ConfigError("config key 'search.parents': cannot exceed search.population")
+    from longctx import resources as _resources
+
+    _resources.check(config)
+
+
+def stage_resources(config: dict, stage: str):
+    """What one stage (a rule) asks a cluster for: a ``longctx.resources.StageResources``."""
+    from longctx.resources import stage_resources as resolve
+
+    return resolve(config, stage)

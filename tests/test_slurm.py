@@ -1,0 +1,262 @@
+"""`snakemake --profile slurm all` through a real SLURM cluster (CI: `.ci/slurm_up.sh` first).
+
+A tiny experiment (pretrain 30 steps, PI x2 fine-tuned 6 steps, two evaluation lengths, one passkey
+trial) runs once through the cluster and once locally at the same time; every job must have gone
+through sbatch, and summary.csv must hold the same values. Then a longer fine-tune is killed with
+scancel after its first checkpoint: the profile's retry resubmits it with a doubled time limit and
+it resumes from the checkpoint. Before all that, the multi-node launch command (srun + torchrun)
+runs a rendezvous probe inside a real allocation. Skipped only where SLURM is not installed (no
+`sbatch`); installed but down is a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longctx import launch
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "slurm-tiny"
+VARIANT = "pi-x2-ft"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM is not installed here (no sbatch); "
+                       "CI runs .ci/slurm_up.sh to get a one-node cluster"),
+]
+
+
+def _env() -> dict:
+    # jobs inherit PATH through sbatch --export=ALL: put this interpreter's environment first
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def tiny_config(partition: str, finetune: dict | None = None, finetune_resources: dict | None = None) -> dict:
+    one_cpu = {"runtime": 10, "mem_mb": 1500, "cpus": 1}
+    return {
+        "experiment": EXPERIMENT,
+        "seed": 7,
+        "corpora": {"austen": {"source": "local", "root": str(REPO / "data" / "austen"), "documents": "chapter",
+                               "splits": {"train": ["persuasion.txt"], "test": ["northanger_abbey.txt"]}}},
+        "model": {"source": "pretrain",
+                  "pretrain": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2,
+                               "num_heads": 4, "num_kv_heads": 2, "context": 128, "steps": 30, "batch_size": 8,
+                               "warmup_steps": 5}},
+        "variants": [{"method": "pi", "scale": 2, "finetune": True}],
+        "finetune": {"steps": 6, "batch_size": 2, "micro_batch_size": 2, "warmup_steps": 1, "checkpoint_every": 3,
+                     "log_every": 1, **(finetune or {})},
+        "evaluate": {"length_multiples": [2, 4], "perplexity": {"max_documents": 4},
+                     "passkey": {"trials": 1, "max_new_tokens": 4}},
+        "wandb": {"mode": "disabled"},
+        "resources": {"partition": partition,
+                      **{stage: dict(one_cpu) for stage in ("tokenizer", "prepare", "base_model", "search",
+                                                            "evaluate", "report")},
+                      "finetune": {**one_cpu, **(finetune_resources or {})}},
+    }
+
+
+def snakemake(workdir: Path, config: dict, *args: str, slurm: bool) -> subprocess.Popen:
+    """Start snakemake from the repository root, as a user does (`--profile slurm` finds ./slurm/)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", "Snakefile", "-d", str(workdir), "--configfile", str(path)]
+    if slurm:
+        # poll often: a small job takes seconds, the plugin's default first wait is 40 s
+        cmd += ["--profile", "slurm", "--seconds-between-status-checks", "2",
+                "--slurm-init-seconds-before-status-checks", "1"]
+    else:
+        cmd += ["--cores", "2"]
+    out = workdir / ("slurm-run.out" if slurm else "local-run.out")
+    with open(out, "a") as f:
+        proc = subprocess.Popen(cmd + list(args), cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+    proc.output = out
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Interrupt snakemake as Ctrl-C does: it cancels its SLURM jobs before it exits."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait(proc: subprocess.Popen, timeout: float, what: str) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise AssertionError(f"{what} did not finish in {timeout:.0f}s; see {proc.output}")
+    out = proc.output.read_text()
+    assert proc.returncode == 0, f"{what} failed:\n{out[-4000:]}"
+
+
+def squeue(*args: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "-h", "--states=all", *args], capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    """The cluster's default partition; the cluster must answer (installed but down is a failure)."""
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P|%t"], capture_output=True, text=True)
+    rows = [line.split("|") for line in proc.stdout.split()]
+    if proc.returncode != 0 or not any(state.startswith(("idle", "mix", "alloc")) for _, state in rows):
+        pytest.fail(f"SLURM is installed but no node is up (sinfo: {proc.stdout.strip() or proc.stderr.strip()}); "
+                    "run .ci/slurm_up.sh")
+    default = [name for name, _ in rows if name.endswith("*")]
+    return (default or [rows[0][0]])[0].rstrip("*")
+
+
+def test_multi_node_launch_meets_at_its_rendezvous_inside_an_allocation(partition, tmp_path):
+    """The srun + torchrun command of a multi-node job, in a real allocation (one node here, two
+    processes on CPU), with the job step's environment as the slurm plugin leaves it (SLURM_JOB_ID
+    but no node list): both ranks join the rendezvous on the first node and all-reduce."""
+    script = tmp_path / "probe.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        "for v in $(compgen -e | grep '^SLURM_'); do\n"
+        "  case $v in SLURM_JOB_ID|SLURM_JOBID|SLURM_CLUSTER_NAME|SLURM_SUBMIT_DIR|SLURM_SUBMIT_HOST) ;; *) unset $v ;; esac\n"
+        "done\n"
+        f"{launch.multi_node_command(1, 2, module='longctx.launch')} probe\n")
+    out = tmp_path / "probe.out"
+    subprocess.run(["sbatch", "--wait", "-p", partition, "-N", "1", "-n", "1", "-c", "2", "-t", "5", "-o", str(out),
+                    str(script)], env=_env(), check=True, capture_output=True, timeout=240)
+    seen = sorted(re.findall(r"rank=(\d+) world_size=(\d+) host=\S+ rank_sum=\S+ ok=(\w+)", out.read_text()))
+    assert seen == [("0", "2", "True"), ("1", "2", "True")], out.read_text()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, partition):
+    """The tiny experiment through SLURM and locally, started together (the cluster job waits a lot)."""
+    root = tmp_path_factory.mktemp("slurm")
+    config = tiny_config(partition)
+    started = time.time()
+    on_slurm = snakemake(root / "slurm", config, "all", slurm=True)
+    local = snakemake(root / "local", config, "all", slurm=False)
+    try:
+        wait(local, 900, "the local run")
+        wait(on_slurm, 900, "snakemake --profile slurm all")
+    finally:
+        stop(local)
+        stop(on_slurm)
+    return {"root": root, "slurm": root / "slurm", "local": root / "local", "partition": partition,
+            "seconds": time.time() - started}
+
+
+def submissions(run_log: str) -> dict[int, tuple[str, int, Path]]:
+    """snakemake job id -> (rule, SLURM job id, SLURM log) from a run's output."""
+    rules = {int(m.group(2)): m.group(1)
+             for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", run_log, re.M)}
+    out = {}
+    for m in re.finditer(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", run_log, re.M):
+        out[int(m.group(1))] = (rules[int(m.group(1))], int(m.group(2)), Path(m.group(3)))
+    return out, rules
+
+
+def test_every_job_goes_through_sbatch(runs):
+    run_log = (runs["slurm"] / "slurm-run.out").read_text()
+    submitted, rules = submissions(run_log)
+    local_jobs = {j for j, rule in rules.items() if rule == "all"}
+    assert set(submitted) == set(rules) - local_jobs, "jobs that were not submitted to SLURM"
+    assert sorted({rule for rule, _, _ in submitted.values()}) == [
+        "base_model", "evaluate", "finetune", "prepare_corpus", "report", "tokenizer"]
+    slurm_ids = [sid for _, sid, _ in submitted.values()]
+    assert len(set(slurm_ids)) == len(slurm_ids) == 1 + 2 + 1 + 1 + 8 + 1
+    for rule, sid, log in submitted.values():
+        # slurmd wrote each job's output to the log named by its job id, in the profile's log folder
+        assert log.is_file() and log.name == f"{sid}.log", log
+        assert log.is_relative_to(runs["slurm"] / "results" / "slurm_logs" / f"rule_{rule}")
+        assert f"rule {rule}:" in log.read_text() or f"localrule {rule}:" in log.read_text(), log
+    # the last jobs are still in squeue (MinJobAge): finished, in the configured partition, under
+    # the run's job name
+    seen = {int(i): (state, part) for i, state, part in squeue("-o", "%i|%T|%P")}
+    recent = [sid for sid in slurm_ids if sid in seen]
+    assert max(slurm_ids) in recent
+    for sid in recent:
+        assert seen[sid] == ("COMPLETED", runs["partition"]), (sid, seen[sid])
+
+
+def _summary(workdir: Path) -> list[dict]:
+    with open(workdir / "results" / EXPERIMENT / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    # timing metrics differ between any two runs; everything else must not
+    return sorted((r for r in rows if not re.search(r"seconds|per_s|time", r["metric"])),
+                  key=lambda r: (r["variant"], r["eval"], r["length"], r["metric"]))
+
+
+def test_results_match_a_local_run(runs):
+    on_slurm, local = _summary(runs["slurm"]), _summary(runs["local"])
+    assert len(on_slurm) >= 8 and {r["variant"] for r in on_slurm} == {"base", VARIANT}
+    assert {r["eval"] for r in on_slurm} == {"perplexity", "passkey"}
+    assert [(r["variant"], r["eval"], r["length"], r["metric"], r["value"]) for r in on_slurm] == [
+        (r["variant"], r["eval"], r["length"], r["metric"], r["value"]) for r in local]
+
+
+def _read_step(progress: Path) -> int:
+    for _ in range(50):  # the trainer swaps checkpoints by renaming; try again mid-swap
+        try:
+            return json.loads(progress.read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.05)
+    raise AssertionError(f"cannot read {progress}")
+
+
+def test_finetune_killed_by_scancel_resumes_from_its_checkpoint(runs):
+    """A longer fine-tune in the same experiment (upstream outputs are reused): killed after its
+    first checkpoint, retried by the profile with twice the time limit, resumed, finished."""
+    steps, every = 200, 20
+    config = tiny_config(runs["partition"], finetune={"steps": steps, "checkpoint_every": every, "log_every": 20},
+                         finetune_resources={"runtime": 7, "cpus": 2})
+    workdir = runs["slurm"]
+    progress = workdir / "results" / EXPERIMENT / "work" / VARIANT / "checkpoint" / "progress.json"
+    proc = snakemake(workdir, config, f"results/{EXPERIMENT}/models/{VARIANT}", slurm=True)
+    try:
+        deadline = time.time() + 240
+        while not progress.exists():
+            assert proc.poll() is None, "snakemake ended before the fine-tune made a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.1)
+        checkpoint_step = _read_step(progress)
+        running = [(i, limit, cpus) for i, comment, limit, cpus in squeue("-t", "RUNNING", "-o", "%i|%k|%l|%C")
+                   if comment == f"rule_finetune_wildcards_{VARIANT}"]
+        assert len(running) == 1, running
+        killed, first_limit, cpus = running[0]
+        assert cpus == "2"  # resources.finetune.cpus -> the rule's threads -> --cpus-per-task
+        subprocess.run(["scancel", killed], check=True)
+        wait(proc, 300, "the fine-tune after scancel")
+    finally:
+        stop(proc)
+    run_log = (workdir / "slurm-run.out").read_text()
+    jobs = [int(m.group(1)) for m in re.finditer(r"^Job \d+ has been submitted with SLURM jobid (\d+) "
+                                                 r"\(log: \S+/rule_finetune/\S+\)\.$", run_log, re.M)]
+    assert int(killed) in jobs and jobs[-1] > int(killed), "the killed job was not resubmitted"
+    state = {int(i): (s, limit) for i, s, limit in squeue("-o", "%i|%T|%l")}
+    assert state[int(killed)] == ("CANCELLED", first_limit) and first_limit == "7:00"
+    assert state[jobs[-1]] == ("COMPLETED", "14:00")  # the retry asked for twice the time
+    log = (workdir / "results" / EXPERIMENT / "logs" / "finetune" / f"{VARIANT}.log").read_text()
+    resumed = re.search(r"resumed from \S+checkpoint at step (\d+)", log)
+    assert resumed, log[-2000:]
+    assert int(resumed.group(1)) >= checkpoint_step and int(resumed.group(1)) % every == 0
+    assert int(resumed.group(1)) < steps
+    assert f"step {steps}/{steps}" in log
+    summary = json.loads((workdir / "results" / EXPERIMENT / "work" / VARIANT / "summary.json").read_text())
+    assert summary["steps"] == steps
+    assert (workdir / "results" / EXPERIMENT / "models" / VARIANT / "model.safetensors").is_file()
