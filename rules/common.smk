@@ -109,3 +109,16 @@ wildcard_constraints:
     corpus=one_of(config["corpora"]),
     split=r"[A-Za-z0-9_]+",
     length=r"\d+",
+
+
+# --- evaluation inputs (rules/evaluate.smk) ---
+PPL = config["evaluate"]["perplexity"]
+# each evaluation's keyword arguments (longctx.evaluate.plan); hub datasets load inside the job
+EVAL_SETTINGS = {e: lc_eval.settings_for(config, e) for e in EVALS}
+
+
+def eval_inputs(w):
+    inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
+    if w.eval == "perplexity":
+        inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
+    return inputs

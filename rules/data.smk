@@ -9,6 +9,8 @@ rule tokenizer:
     threads: stage_threads("tokenizer")
     resources:
         **stage_resources("tokenizer"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/tokenizer.log",
     benchmark:
@@ -29,6 +31,8 @@ rule prepare_corpus:
     threads: stage_threads("prepare")
     resources:
         **stage_resources("prepare"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/prepare/{{corpus}}-{{split}}.log",
     benchmark:

@@ -1,15 +1,4 @@
-# Evaluations: one cached JSON per (variant, evaluation, length).
-
-PPL = config["evaluate"]["perplexity"]
-# each evaluation's keyword arguments (longctx.evaluate.plan); hub datasets load inside the job
-EVAL_SETTINGS = {e: lc_eval.settings_for(config, e) for e in EVALS}
-
-
-def eval_inputs(w):
-    inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
-    if w.eval == "perplexity":
-        inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
-    return inputs
+# Evaluations: one cached JSON per (variant, evaluation, length); inputs and settings in common.smk.
 
 
 rule evaluate:
@@ -31,6 +20,8 @@ rule evaluate:
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/eval/{{variant}}/{{eval}}-{{length}}.log",
     benchmark:

@@ -15,22 +15,25 @@ rule finetune:
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q({k: v for k, v in config["finetune"].items() if k != "corpus"}),
-        prefix=f"{R}/data/{FT_CORPUS}/train",
+        prefix=lambda w, input: input.data[0].removesuffix(".bin"),
         factors=lambda w: f"--factors {factors_file(w.variant)}" if VARIANTS[w.variant].search else "",
         work_dir=f"{R}/work/{{variant}}",
         run=q(RUN),
+        original_context=L,
         seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=True),
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/finetune/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{{variant}}.tsv"
     shell:
         "{params.launch} finetune --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
         "--run {params.run} --seed {params.seed} --device {params.device} {params.factors} "
         "--work-dir {params.work_dir} > {log} 2>&1"

@@ -11,13 +11,15 @@ rule base_model:
         directory(f"{R}/models/base"),
     params:
         cfg=q({k: config[k] for k in ("model", "seed")}),
-        train_prefix=f"{R}/data/{lc.train_corpus(config, 'pretrain')}/train",
+        train_prefix=lambda w, input: input.train[0].removesuffix(".bin") if input.train else "",
         work_dir=f"{R}/work/base",
         run=q(RUN),
         launch=launcher(data_parallel=PRETRAIN),
     threads: stage_threads("base_model")
     resources:
         **stage_resources("base_model"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/base_model.log",
     benchmark:

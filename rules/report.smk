@@ -24,6 +24,8 @@ rule report:
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/report.log",
     shell:
@@ -41,6 +43,8 @@ rule compare:
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/compare.log",
     shell:

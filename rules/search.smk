@@ -18,23 +18,26 @@ rule search:
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q(SEARCH_SETTINGS),
-        prefix=f"{R}/data/{SEARCH_CORPUS}/{config['search']['split']}",
+        prefix=lambda w, input: input.data[0].removesuffix(".bin"),
         base_factors=lambda w: f"--base-factors {base_factors_file(w.variant)}" if VARIANTS[w.variant].start else "",
         log_file=f"{R}/search/{{variant}}/candidates.jsonl",
         run=q(RUN),
+        original_context=L,
         seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=False),
     threads: stage_threads("search")
     resources:
         **stage_resources("search"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/search/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
         "{params.launch} search --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
         "--run {params.run} --seed {params.seed} --device {params.device} --log-file {params.log_file} "
         "{params.base_factors} > {log} 2>&1"
 
@@ -51,21 +54,24 @@ rule recovery:
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q(SEARCH_SETTINGS),
-        prefix=f"{R}/data/{SEARCH_CORPUS}/{config['search']['split']}",
+        prefix=lambda w, input: input.data[0].removesuffix(".bin"),
         log_dir=f"{R}/search/{{variant}}",
         run=q(RUN),
+        original_context=L,
         seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=False),
     threads: stage_threads("search")
     resources:
         **stage_resources("search"),
+    conda:
+        "../envs/longctx.yaml"
     log:
         f"{R}/logs/search/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
         "{params.launch} recovery --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context " + str(L) + " "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
         "--run {params.run} --seed {params.seed} --device {params.device} --long-factors {input.long_factors} "
         "--log-dir {params.log_dir} > {log} 2>&1"
