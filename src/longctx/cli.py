@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--work-dir")
         else:
             c.add_argument("--log-file")
+            c.add_argument("--base-factors", help="secondary search: the factors.json the model was fine-tuned with")
+
+    c = sub.add_parser("recovery", help="short-context recovery searches of a progressive chain's final model")
+    c.add_argument("--model", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--variant", type=_json, required=True)
+    c.add_argument("--settings", type=_json, required=True)
+    c.add_argument("--original-context", type=int, required=True)
+    c.add_argument("--run", type=_json, required=True)
+    c.add_argument("--seed", type=int, default=1234)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--long-factors", required=True, help="factors.json of the chain's last step")
+    c.add_argument("--log-dir", help="where the candidate logs go (one per length)")
 
     c = sub.add_parser("evaluate", help="one evaluation of one variant at one length")
     c.add_argument("--eval", required=True)
@@ -79,14 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data")
     c.add_argument("--factors")
 
-    c = sub.add_parser("report", help="gather evaluation results into report.md, summary.csv and plots")
-    c.add_argument("--results", nargs="*", default=[])
+    c = sub.add_parser("report", help="gather evaluation results into summary.csv, report.md, report.html and plots")
+    c.add_argument("--results", nargs="*", default=[], help="evaluation JSONs")
+    c.add_argument("--search", nargs="*", default=[], help="LongRoPE search results (factors.json)")
     c.add_argument("--variants", type=_json, required=True)
     c.add_argument("--run", type=_json, required=True)
-    c.add_argument("--dataset", required=True)
+    c.add_argument("--dataset", required=True, help="the perplexity corpus's name")
+    c.add_argument("--dataset-id", action="append", default=[],
+                   help="other names of that corpus (hub path, folder) for matching the papers' numbers")
+    c.add_argument("--finetune-steps", type=int)
     c.add_argument("--out-md", required=True)
     c.add_argument("--out-csv", required=True)
-    c.add_argument("--out-plot", required=True)
+    c.add_argument("--out-html", required=True)
+    c.add_argument("--plots", required=True, help="folder for the report's PNGs")
+
+    c = sub.add_parser("compare", help="several experiments' summary.csv side by side")
+    c.add_argument("--summaries", nargs="+", required=True)
+    c.add_argument("--out-md", required=True)
+    c.add_argument("--out-csv")
+
+    c = sub.add_parser("wandb-runs", help="list the offline W&B runs under a folder: name, group, job_type, summary")
+    c.add_argument("folder", help="e.g. results/<experiment>/wandb")
     return p
 
 
@@ -123,15 +150,31 @@ def main(argv=None) -> int:
                               args.run, args.seed, args.device, args.factors, args.work_dir)
     elif cmd == "search":
         stages.stage_search(args.model, args.data, args.out, args.variant, args.settings, args.original_context,
-                            args.run, args.seed, args.device, args.log_file)
+                            args.run, args.seed, args.device, args.log_file, base_factors_file=args.base_factors)
+    elif cmd == "recovery":
+        stages.stage_recovery(args.model, args.data, args.out, args.variant, args.settings, args.original_context,
+                              args.run, args.seed, args.long_factors, args.device, args.log_dir)
     elif cmd == "evaluate":
         stages.stage_evaluate(args.eval, args.model, args.out, args.variant, args.length, args.settings, args.run,
                               args.seed, args.device, args.data, args.factors)
     elif cmd == "report":
-        from longctx.report import write_report
+        stages.stage_report(args.results, args.variants, args.run, args.dataset, args.out_md, args.out_csv,
+                            args.out_html, args.plots, args.search, args.dataset_id, args.finetune_steps)
+    elif cmd == "compare":
+        from longctx.report import ReportError, compare
 
-        write_report(args.results, args.variants, args.run["experiment"], args.run["model"], args.dataset,
-                     args.run["original_context"], args.out_md, args.out_csv, args.out_plot)
+        try:
+            compare(args.summaries, args.out_md, args.out_csv)
+        except ReportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    elif cmd == "wandb-runs":
+        from longctx.tracking import offline_runs
+
+        for r in offline_runs(args.folder):
+            numbers = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float))}
+            print(f"{r.path.name}  group={r.group}  job_type={r.job_type}  name={r.name}  "
+                  f"tags={','.join(r.tags)}  {json.dumps(numbers)}")
     return 0
 
 

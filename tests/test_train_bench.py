@@ -1,0 +1,72 @@
+"""scripts/bench_train.py: the CPU path with a tiny shape, the named shapes and the row syntax."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from longctx.train import flops_per_token
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_cpu_run_prints_a_table_of_medians_beside_the_baseline(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--device", "cpu", "--shape", "tiny", "--length", "64", "--steps", "2", "--warmup", "1",
+                     "--documents", "3", "--json", str(out),
+                     "--row", "transformers", "--row", "longctx",
+                     "--row", "longctx:gradient_checkpointing=true;chunk_size=16"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "recomputation not counted" in printed and "median of 2" in printed
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["row"] for r in rows] == ["transformers", "longctx", "longctx:gradient_checkpointing=True;chunk_size=16"]
+    for r in rows:
+        assert r["status"] == "ok" and r["tokens_per_s"] > 0 and len(r["step_s"]) == 2
+        assert r["mfu"] is None  # no peak FLOP/s known for a CPU
+    assert rows[1]["attention"] == "sdpa"
+    assert result["flops_per_token"] == pytest.approx(flops_per_token(bench.model_config("tiny", 64), 64))
+
+
+def test_named_shapes_have_their_models_sizes(bench):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    expected = {"smollm2-135m": 134.5e6, "tinyllama-1.1b": 1.100e9, "llama2-7b": 6.738e9}
+    for shape, params in expected.items():
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(bench.model_config(shape, 4096))
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01), shape
+    # GPU.md: SmolLM2-135M at 32k is about 4.2 GFLOP a token under this convention
+    assert flops_per_token(bench.model_config("smollm2-135m", 32768), 32768) == pytest.approx(4.2e9, rel=0.02)
+    config = bench.model_config("smollm2-135m", 32768)
+    assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 4
+
+
+def test_rows_take_trainer_settings_but_not_the_runs(bench):
+    assert bench.parse_row("longctx:sdpa_backends=cudnn,flash;compile=true") == (
+        "longctx", {"sdpa_backends": ("cudnn", "flash"), "compile": True})
+    assert bench.parse_row("longctx:lora.enabled=true;lora.r=8") == ("longctx", {"lora": {"enabled": True, "r": 8}})
+    with pytest.raises(SystemExit, match="whole run"):
+        bench.parse_row("longctx:strategy=fsdp")
+    with pytest.raises(SystemExit, match="not a TrainSettings field"):
+        bench.parse_row("longctx:speed=11")
