@@ -28,6 +28,10 @@ EVALS = lc_eval.enabled_evaluations(config)
 EVAL_LENGTHS = {e: lc_eval.lengths_for(config, e) for e in EVALS}  # each evaluation's own lengths
 PPL_CORPUS = lc.eval_corpus(config)
 
+# jobs run `python -m longctx`: make `python` the interpreter running Snakemake (a .venv that was
+# not activated, say); with --software-deployment-method conda the job's environment comes first
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
 # W&B settings reach jobs through the environment, not params: toggling W&B reruns nothing
 os.environ[WANDB_ENV] = settings_env(config)
 

@@ -1,0 +1,199 @@
+"""The papers as ready configs (config/paper/*.yaml, config/smollm2.yaml): each validates, and a
+Snakemake dry run plans the jobs of that paper - its variants (method x scale, fine-tuned or
+searched, progressive steps and recovery), its evaluations at their lengths - with the cluster
+resources each job asks SLURM for. Dry runs contact no hub: they only plan.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from longctx.config import load_config, original_context, variants
+from longctx.evaluate.plan import enabled_evaluations
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "pi": REPO / "config/paper/pi.yaml",
+    "pi_ft10000": REPO / "config/paper/pi_ft10000.yaml",
+    "giraffe": REPO / "config/paper/giraffe.yaml",
+    "longrope": REPO / "config/paper/longrope.yaml",
+    "longrope_mistral": REPO / "config/paper/longrope_mistral.yaml",
+    "smollm2": REPO / "config/smollm2.yaml",
+}
+
+
+def parse_jobs(text: str) -> list[dict]:
+    """The jobs of a `snakemake -n -p` printout: rule, wildcards and resources of each."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        job = {"rule": head.group(1), "wildcards": {}, "resources": {}}
+        for key in ("wildcards", "resources"):
+            line = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            if line:
+                job[key] = dict(item.split("=", 1) for item in line.group(1).split(", "))
+        jobs.append(job)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """Name -> parsed jobs; all dry runs at once (each is mostly Python start-up and DAG building)."""
+    procs = {}
+    for name, cfg in CONFIGS.items():
+        workdir = tmp_path_factory.mktemp(name)
+        cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"),
+               "--configfile", str(cfg), "-d", str(workdir), "--cores", "1"]
+        procs[name] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = {}
+    for name, proc in procs.items():
+        text, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: dry run failed\n{text[-3000:]}"
+        out[name] = parse_jobs(text)
+    return out
+
+
+def by_rule(jobs, rule):
+    return [j for j in jobs if j["rule"] == rule]
+
+
+def trained(jobs):
+    return {j["wildcards"]["variant"] for j in by_rule(jobs, "finetune")}
+
+
+def searched(jobs):
+    return {j["wildcards"]["variant"] for j in by_rule(jobs, "search")}
+
+
+def evaluated(jobs):
+    """(variant, evaluation) -> sorted lengths."""
+    out = {}
+    for j in by_rule(jobs, "evaluate"):
+        out.setdefault((j["wildcards"]["variant"], j["wildcards"]["eval"]), []).append(int(j["wildcards"]["length"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def one_resources(jobs, rule):
+    """The resources every job of a rule asks for (they are per stage, so all alike)."""
+    (res,) = {tuple(sorted(j["resources"].items())) for j in by_rule(jobs, rule)}
+    return dict(res)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_config_validates_with_hub_or_gguf_model_and_its_context(name):
+    config = load_config(CONFIGS[name])
+    assert config["model"]["source"] == ("gguf" if name == "smollm2" else "hub")
+    assert original_context(config) == {"pi": 2048, "pi_ft10000": 2048, "giraffe": 4096, "longrope": 4096,
+                                         "longrope_mistral": 8192, "smollm2": 8192}[name]
+    assert all(v.method != "none" or v.finetune or v.name == "base" for v in variants(config))
+
+
+def test_pi_llama7b_pi_and_direct_finetuning_at_8k_16k_32k(dry_runs):
+    jobs = dry_runs["pi"]
+    assert trained(jobs) == {f"{m}-x{s}-ft" for m in ("pi", "none") for s in (4, 8, 16)}
+    assert not searched(jobs)
+    evals = evaluated(jobs)
+    # PG19 perplexity at PI's Table 1 lengths for every model, extrapolation (base) included
+    for v in ("base", "pi-x4", "pi-x16-ft", "none-x4-ft"):
+        assert evals[(v, "perplexity")] == [2048, 4096, 8192, 16384, 32768]
+    # passkey k_max grid: 32 lengths evenly spaced up to 32768; GovReport at 16k; short benchmarks at 2k
+    assert len(evals[("pi-x4-ft", "passkey")]) == 32 and evals[("pi-x4-ft", "passkey")][-1] == 32768
+    assert evals[("pi-x8-ft", "govreport")] == [16384]
+    assert evals[("none-x16-ft", "harness")] == [2048]
+    config = load_config(CONFIGS["pi"])
+    ppl = config["evaluate"]["perplexity"]
+    assert (ppl["mode"], ppl["stride"], ppl["document_tokens"]) == ("sliding", 256, 32768)
+    assert config["evaluate"]["harness"]["task_sets"] == ["pi"]
+    assert (config["finetune"]["steps"], config["finetune"]["lr"], config["finetune"]["warmup_steps"]) == (1000, 2e-5, 20)
+    # 4 nodes x 8 A100 for fine-tuning (PI's 32 GPUs), one A100 per evaluation
+    ft = one_resources(jobs, "finetune")
+    assert (ft["nodes"], ft["gres"], ft["mem_mb"], ft["runtime"]) == ("4", "gpu:a100:8", "480000", "720")
+    ev = one_resources(jobs, "evaluate")
+    assert (ev["gpu"], ev["gpu_model"]) == ("1", "a100")
+    prepared = {(j["wildcards"]["corpus"], j["wildcards"]["split"]) for j in by_rule(jobs, "prepare_corpus")}
+    assert prepared == {("pile", "train"), ("pg19", "test")}
+
+
+def test_pi_direct_finetuning_10000_steps_is_its_own_experiment(dry_runs):
+    jobs = dry_runs["pi_ft10000"]
+    assert trained(jobs) == {"none-x4-ft"}
+    config = load_config(CONFIGS["pi_ft10000"])
+    assert config["finetune"]["steps"] == 10000 and config["report"]["compare"] == ["pi-llama7b"]
+    assert one_resources(jobs, "finetune")["runtime"] == "1200"
+
+
+def test_giraffe_llama2_13b_bases_positions_and_retrieval_evaluations(dry_runs):
+    jobs = dry_runs["giraffe"]
+    assert trained(jobs) == {"pi-x4-ft", "pi-x16-ft", "giraffe_power-x4-ft", "giraffe_truncated-x4-ft",
+                             "giraffe_randomized-x4-ft"}
+    evals = evaluated(jobs)
+    assert {e for (_, e) in evals} == {"lines", "wikiqa_ffqa", "wikiqa_altqa"}
+    assert evals[("giraffe_power-x4-ft", "wikiqa_ffqa")] == [2048, 4096, 8192, 16384]
+    assert evals[("pi-x16-ft", "lines")][-1] == 24576
+    # the 13B model fine-tunes on 2 nodes of 8 A100; RedPajama is the only prepared corpus
+    assert one_resources(jobs, "finetune")["gres"] == "gpu:a100:8"
+    assert {j["wildcards"]["corpus"] for j in by_rule(jobs, "prepare_corpus")} == {"redpajama"}
+    config = load_config(CONFIGS["giraffe"])
+    assert config["finetune"]["batch_size"] == 32 and config["model"]["name_or_path"] == "meta-llama/Llama-2-13b-hf"
+
+
+def test_longrope_llama2_progressive_128k_256k_2048k_with_recovery(dry_runs):
+    jobs = dry_runs["longrope"]
+    # 128k and 256k fine-tuned with their searched factors; 2048k by a secondary search alone
+    assert trained(jobs) == {"longrope-llama2-x32-ft", "longrope-llama2-x64-ft"}
+    assert searched(jobs) == {"longrope-x2-search", "longrope-x4-search", "longrope-llama2-x32-ft",
+                              "longrope-llama2-x64-ft", "longrope-llama2-x512"}
+    assert [j["wildcards"]["variant"] for j in by_rule(jobs, "recovery")] == ["longrope-llama2-x512-recovery"]
+    chain = {v.name: v for v in variants(load_config(CONFIGS["longrope"])) if v.chain}
+    assert chain["longrope-llama2-x32-ft"].finetune_steps == 400 and chain["longrope-llama2-x64-ft"].finetune_steps == 600
+    assert chain["longrope-llama2-x64-ft"].start == "longrope-llama2-x32-ft"
+    assert chain["longrope-llama2-x512"].target_length(4096) == 2097152
+    assert chain["longrope-llama2-x512-recovery"].recovery_lengths == (4096, 8192)
+    evals = evaluated(jobs)
+    assert evals[("longrope-llama2-x512-recovery", "perplexity")] == [4096, 8192, 16384, 32768, 65536, 131072, 262144]
+    assert evals[("longrope-llama2-x512-recovery", "harness")] == [4096]
+    assert ("dynamic_ntk-x4", "passkey") in evals
+    # fine-tuning on 16 A100 (2 nodes), each search on one A100 for up to 3 days
+    ft, search = one_resources(jobs, "finetune"), one_resources(jobs, "search")
+    assert (ft["nodes"], ft["gres"]) == ("2", "gpu:a100:8")
+    assert (search["gpu"], search["runtime"]) == ("1", "4320")
+    assert one_resources(jobs, "recovery") == search
+    assert enabled_evaluations(load_config(CONFIGS["longrope"])) == ["perplexity", "passkey", "harness"]
+
+
+def test_longrope_mistral_finetunes_at_16k_on_4_gpus_and_searches_128k(dry_runs):
+    jobs = dry_runs["longrope_mistral"]
+    assert trained(jobs) == {"longrope-mistral-x2-ft"}
+    assert searched(jobs) == {"longrope-mistral-x2-ft", "longrope-mistral-x16"}
+    config = load_config(CONFIGS["longrope_mistral"])
+    assert (config["finetune"]["lr"], config["finetune"]["schedule"], config["finetune"]["batch_size"]) == (1e-6, "constant", 64)
+    ft = one_resources(jobs, "finetune")
+    assert (ft["gpu"], ft["gpu_model"]) == ("4", "a100") and "nodes" not in ft
+
+
+def test_smollm2_whole_chain_on_one_gpu(dry_runs):
+    jobs = dry_runs["smollm2"]
+    assert trained(jobs) == {"pi-x4-ft", "yarn-x4-ft", "smollm2-longrope-x4-ft"}
+    assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x4-ft", "smollm2-longrope-x8"}
+    evals = evaluated(jobs)
+    assert evals[("base", "perplexity")] == [4096, 8192, 16384, 32768, 65536]
+    assert evals[("smollm2-longrope-x8-recovery", "passkey")] == [8192, 16384, 32768, 65536]
+    assert evals[("pi-x4-ft", "lines")] == [8192, 32768]
+    assert Counter(e for (_, e) in evals) == Counter({"perplexity": 9, "passkey": 9, "lines": 9})
+    # every GPU stage on one GPU of any type; nothing spans nodes
+    for rule in ("finetune", "search", "recovery", "evaluate"):
+        res = one_resources(jobs, rule)
+        assert res["gpu"] == "1" and "gpu_model" not in res and "nodes" not in res
+    # fine-tuning, search and perplexity read different novels
+    config = load_config(CONFIGS["smollm2"])
+    splits = config["corpora"]["austen"]["splits"]
+    assert not set(splits["test"]) & (set(splits["train"]) | set(splits["validation"]))
+    assert (config["search"]["split"], config["evaluate"]["perplexity"]["split"]) == ("validation", "test")
