@@ -23,7 +23,7 @@ def test_embedded_default_is_valid_and_gets_defaults():
     assert cfg["search"]["n_hat_choices"][-1] == 256
     assert eval_lengths(cfg) == [128, 256, 512, 1024]
     names = [v.name for v in variants(cfg)]
-    assert names[0] == "base" and "pi-x4-ft" in names and "longrope-x4-search" in names
+    assert names[0] == "base" and "pi-x4-ft" in names and "longrope-prog-x8-recovery" in names
 
 
 # five different mistakes, each must name its key
