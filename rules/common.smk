@@ -30,7 +30,12 @@ PPL_CORPUS = lc.eval_corpus(config)
 
 # jobs run `python -m longctx`: make `python` the interpreter running Snakemake (a .venv that was
 # not activated, say); with --software-deployment-method conda the job's environment comes first
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+envvars:
+    "PATH",
+
+
+search_path = os.environ["PATH"]
+os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + search_path)
 
 # W&B settings reach jobs through the environment, not params: toggling W&B reruns nothing
 os.environ[WANDB_ENV] = settings_env(config)
