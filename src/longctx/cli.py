@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--work-dir")
     c.add_argument("--run", type=_json, required=True)
 
-    for name in ("finetune", "search"):
+    for name in ("finetune", "search", "recovery"):
         c = sub.add_parser(name, help=f"{name} one variant")
         c.add_argument("--model", required=True)
         c.add_argument("--data", required=True)
@@ -63,22 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "finetune":
             c.add_argument("--factors")
             c.add_argument("--work-dir")
+        elif name == "recovery":
+            c.add_argument("--long-factors", required=True, help="factors.json of the chain's last step")
+            c.add_argument("--log-dir", help="where the candidate logs go (one per length)")
         else:
             c.add_argument("--log-file")
             c.add_argument("--base-factors", help="secondary search: the factors.json the model was fine-tuned with")
-
-    c = sub.add_parser("recovery", help="short-context recovery searches of a progressive chain's final model")
-    c.add_argument("--model", required=True)
-    c.add_argument("--data", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--variant", type=_json, required=True)
-    c.add_argument("--settings", type=_json, required=True)
-    c.add_argument("--original-context", type=int, required=True)
-    c.add_argument("--run", type=_json, required=True)
-    c.add_argument("--seed", type=int, default=1234)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--long-factors", required=True, help="factors.json of the chain's last step")
-    c.add_argument("--log-dir", help="where the candidate logs go (one per length)")
 
     c = sub.add_parser("evaluate", help="one evaluation of one variant at one length")
     c.add_argument("--eval", required=True)
