@@ -2,6 +2,8 @@
 
 
 rule tokenizer:
+    input:
+        source_model_files(),
     output:
         directory(f"{R}/tokenizer"),
     params:

@@ -7,11 +7,12 @@ rule base_model:
     input:
         tokenizer=f"{R}/tokenizer",
         train=token_files(lc.train_corpus(config, "pretrain"), "train") if PRETRAIN else [],
+        source=source_model_files(),
     output:
         directory(f"{R}/models/base"),
     params:
         cfg=q({k: config[k] for k in ("model", "seed")}),
-        train_prefix=lambda w, input: input.train[0].removesuffix(".bin") if input.train else "",
+        train_data=lambda w, input: f"--train-data {input.train[0].removesuffix('.bin')}" if input.train else "",
         work_dir=f"{R}/work/base",
         run=q(RUN),
         launch=launcher(data_parallel=PRETRAIN),
@@ -26,5 +27,5 @@ rule base_model:
         f"{R}/benchmarks/base_model.tsv"
     shell:
         "{params.launch} base-model --config-json {params.cfg} --tokenizer {input.tokenizer} "
-        "--train-data {params.train_prefix} --out {output} --work-dir {params.work_dir} "
+        "{params.train_data} --out {output} --work-dir {params.work_dir} "
         "--run {params.run} > {log} 2>&1"

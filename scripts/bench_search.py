@@ -175,6 +175,7 @@ def main(argv=None) -> int:
     for key in ("population", "iterations", "mutations", "crossovers", "parents", "documents", "batch_tokens"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=defaults[key])
     p.add_argument("--no-early-abandon", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="run the decoder layers eagerly (default: compiled on CUDA)")
     p.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                    help="default: bfloat16 on a GPU, float32 on CPU")
@@ -197,7 +198,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     settings = {**defaults, **{k: getattr(args, k) for k in ("population", "iterations", "mutations", "crossovers",
                                                               "parents", "documents", "batch_tokens")},
-                "early_abandon": not args.no_early_abandon, "sdpa_backend": args.sdpa_backend}
+                "early_abandon": not args.no_early_abandon, "sdpa_backend": args.sdpa_backend,
+                "compile": not args.no_compile}
     settings = settings_at(settings, args.length)
     if settings["parents"] > settings["population"]:
         sys.exit("--parents cannot exceed --population")
@@ -217,13 +219,15 @@ def main(argv=None) -> int:
                                 args.seed)
     loaded = time.time() - t0
     fitness = PerplexityFitness(model, windows, task, batch_tokens=settings["batch_tokens"],
-                                chunk_size=args.chunk_size, sdpa_backend=settings["sdpa_backend"])
+                                chunk_size=args.chunk_size, sdpa_backend=settings["sdpa_backend"],
+                                compile=settings["compile"])
     timed = TimedFitness(fitness, args.budget_seconds)
     log_file = Path(args.log_file) if args.log_file else Path(tempfile.mkdtemp()) / "candidates.jsonl"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     print(f"model {args.model or 'random ' + args.random} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M "
-          f"parameters, {dtype}, attention {model.config._attn_implementation}, SDPA backend {args.sdpa_backend}) "
+          f"parameters, {dtype}, attention {model.config._attn_implementation}, SDPA backend {args.sdpa_backend}, "
+          f"{'compiled' if fitness.compiled else 'eager'} layers) "
           f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}", flush=True)
     print(f"search at {args.length} tokens (s = {scale:g}, L = {geometry.original_context}), P={settings['population']} "
@@ -248,7 +252,7 @@ def main(argv=None) -> int:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype).split(".")[-1],
         "attention": model.config._attn_implementation, "sdpa_backend": args.sdpa_backend,
-        "length": args.length, "original_context": geometry.original_context, "scale": scale, "documents": source,
+        "compiled": fitness.compiled, "length": args.length, "original_context": geometry.original_context, "scale": scale, "documents": source,
         "settings": {k: settings[k] for k in ("population", "iterations", "mutations", "crossovers", "parents",
                                               "documents", "batch_tokens", "early_abandon")},
         "rows_per_forward": fitness.rows, "candidates_per_forward": fitness.batch,

@@ -114,3 +114,24 @@ def test_one_target_builds_only_what_it_needs(tmp_path):
     proc = snakemake(tmp_path, config, "-n", "results/small/eval/base/perplexity-128.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert planned_jobs(proc) == {"tokenizer": 1, "prepare_corpus": 2, "base_model": 1, "evaluate": 1}
+
+
+def test_a_local_model_folder_becomes_the_base_model_and_is_tracked_as_an_input(tmp_path, make_tiny_llama,
+                                                                                 austen_tokenizer):
+    from transformers import AutoTokenizer
+
+    source = tmp_path / "my-model"
+    make_tiny_llama(vocab_size=512, context=32).save_pretrained(source)
+    AutoTokenizer.from_pretrained(austen_tokenizer).save_pretrained(source)
+    config = small_config(tmp_path, model={"source": "local", "name_or_path": str(source), "original_context": 32})
+    target = "results/small/models/base"
+
+    proc = snakemake(tmp_path, config, target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / target / "model.safetensors").exists()
+    assert "Nothing to be done" in (dry := snakemake(tmp_path, config, "-n", target)).stdout + dry.stderr
+
+    # a replaced source model rebuilds what was made from it
+    (source / "config.json").touch()
+    source.touch()
+    assert planned_jobs(snakemake(tmp_path, config, "-n", target)) == {"tokenizer": 1, "base_model": 1}

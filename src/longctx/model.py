@@ -26,6 +26,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def compile_layers(model) -> int:
+    """``torch.compile`` each decoder layer in place; returns how many.
+
+    Per layer rather than the whole model: one compiled graph serves every layer, compiling takes
+    seconds, and what fusing buys (norms, RoPE, SwiGLU, residuals in a few kernels; about 1.3x at
+    32k tokens on an H100) is inside the layers. Attention stays the SDPA kernel PyTorch picks."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def _source_kwargs(model_cfg: dict) -> tuple[str, dict]:
     """Where to load from and the loading kwargs, for the hub, local and gguf sources."""
     source, where = model_cfg["source"], model_cfg["name_or_path"]

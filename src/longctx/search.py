@@ -477,12 +477,12 @@ class PerplexityFitness(DocumentFitness):
     through the registry (``apply_to_model``), and its cos/sin tables are handed to the forward
     directly, so one forward can carry several candidates (``batch_tokens`` bounds the tokens per
     forward). The LM head and loss run in chunks of ``chunk_size`` tokens (full logits never
-    exist); attention is the model's (SDPA by default), optionally pinned to one SDPA backend.
-    Early abandoning as in ``DocumentFitness``.
+    exist); attention is the model's (SDPA by default), optionally pinned to one SDPA backend;
+    ``compile`` compiles the decoder layers (CUDA). Early abandoning as in ``DocumentFitness``.
     """
 
     def __init__(self, model, windows, task: SearchTask, batch_tokens: int = 32768, chunk_size: int = 4096,
-                 sdpa_backend: str | None = None):
+                 sdpa_backend: str | None = None, compile: bool = False):
         if windows.dim() != 2 or windows.shape[1] != task.length:
             raise SearchError(f"fitness windows must be [documents, {task.length}] tokens, got {tuple(windows.shape)}")
         self.model, self.task, self.chunk_size = model, task, chunk_size
@@ -497,6 +497,12 @@ class PerplexityFitness(DocumentFitness):
         self._positions = torch.arange(length, device=device)[None]
         self._probe = torch.zeros(1, dtype=next(model.parameters()).dtype, device=device)
         self._backend = _sdpa_backend(sdpa_backend)
+        # compiled layers on CUDA only: on CPU compiling costs more than the short forwards it saves
+        self.compiled = bool(compile) and device.type == "cuda"
+        if self.compiled:
+            from longctx.model import compile_layers
+
+            compile_layers(model)
         self.forwards = 0
         self.tokens = 0
 
@@ -559,7 +565,8 @@ def run_search(model, windows, task: SearchTask, settings: dict, seed: int, log_
                chunk_size: int = 4096) -> dict:
     """The whole search for ``task`` on ``model`` with the fitness windows [D, T]; returns ``task.record``."""
     fitness = PerplexityFitness(model, windows, task, batch_tokens=settings.get("batch_tokens", 32768),
-                                chunk_size=chunk_size, sdpa_backend=settings.get("sdpa_backend"))
+                                chunk_size=chunk_size, sdpa_backend=settings.get("sdpa_backend"),
+                                compile=settings.get("compile", False))
     started = time.time()
     result = evolutionary_search(fitness, task.space, list(task.seeds.values()), settings, seed, Path(log_path),
                                  progress=progress, early_abandon=settings.get("early_abandon", True))

@@ -38,6 +38,7 @@ import torch
 
 from longctx import attention as attn
 from longctx import parallel
+from longctx.model import compile_layers
 from longctx.data import DataError, TokenFile
 from longctx.io import atomic_dir, read_json, write_json
 from longctx.loss import causal_lm_nll
@@ -326,10 +327,7 @@ class Trainer:
         else:
             body_owner.set_attn_implementation(self.backend)
         if s.compile:
-            layer_names = set(getattr(body_owner, "_no_split_modules", None) or [])
-            for module in body_owner.modules():
-                if type(module).__name__ in layer_names:
-                    module.compile()
+            compile_layers(body_owner)
 
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.trainable_parameters = sum(p.numel() for p in trainable)
@@ -339,7 +337,11 @@ class Trainer:
             optimizer = DeepSpeedCPUAdam(trainable, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay,
                                          adamw_mode=True)
         else:
-            optimizer = torch.optim.AdamW(trainable, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+            # the fused CUDA kernel (one launch for all parameters) where every parameter is a plain
+            # CUDA tensor; sharded parameters (FSDP's DTensors) keep PyTorch's default
+            fused = all(p.is_cuda and type(p.data) is torch.Tensor for p in trainable)
+            optimizer = torch.optim.AdamW(trainable, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay,
+                                          fused=fused or None)
         # the scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step it
         # once per process); the loss module is what is wrapped, so DDP/FSDP see the whole forward
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s))

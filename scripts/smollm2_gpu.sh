@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# config/smollm2.yaml through Snakemake on one GPU machine, in time-boxed runs that resume.
+#
+#   bash scripts/smollm2_gpu.sh GGUF OUT [SECONDS] [WHEELS]
+#
+# GGUF     the SmolLM2-135M-Instruct Q4_1 file (see config/smollm2.yaml for where it comes from)
+# OUT      where the report, summary, evaluation JSONs, logs and benchmarks are copied after the run
+# SECONDS  stop Snakemake after this long (default 540): it interrupts the running jobs, which
+#          resume on the next call (fine-tuning from its last checkpoint, a search from its log)
+# WHEELS   a folder of wheels to install first if snakemake is missing (a GPU machine without
+#          network: snakemake, gguf, jsonschema and their dependencies)
+#
+# Everything that must outlive one call lives under $STATE (default /root/smollm2-run): the
+# results folder, Snakemake's own .snakemake state and the installed wheels. Call it again with the
+# same STATE to go on; a finished DAG makes the call a no-op apart from the copy.
+set -euo pipefail
+gguf=$(realpath "$1"); out=$2; seconds=${3:-540}; wheels=${4:-}
+state=${STATE:-/root/smollm2-run}
+mkdir -p "$state/results" "$state/snakemake" "$state/site" "$out" data/smollm2
+
+export PYTHONPATH="$PWD/src:$state/site${PYTHONPATH:+:$PYTHONPATH}"
+if ! python -c "import snakemake, gguf, jsonschema" 2>/dev/null; then
+    [ -n "$wheels" ] || { echo "snakemake/gguf/jsonschema missing and no WHEELS folder given" >&2; exit 2; }
+    python -m pip install -q --no-index --no-compile --no-cache-dir --target "$state/site" \
+        --find-links "$wheels" --find-links "$wheels/snake" snakemake gguf jsonschema
+fi
+ln -sf "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+# Snakemake's record of finished and interrupted jobs survives the call with the results
+rm -rf .snakemake && ln -s "$state/snakemake" .snakemake
+
+started=$(date +%s)
+# the CPU stages and the evaluations overlap on the GPU (one GPU, 16 cores: two fine-tunes or four
+# evaluations at a time); W&B is not installed on the GPU machine, so tracking is off there
+set +e
+timeout --signal=INT --kill-after=60 "$seconds" \
+    python -m snakemake --cores 16 --configfile config/smollm2.yaml \
+    --config results_dir="$state/results" 'wandb={mode: disabled}' \
+    --rerun-incomplete --keep-going --printshellcmds all > "$out/snakemake.log" 2>&1
+rc=$?
+set -e
+echo "snakemake exit $rc after $(( $(date +%s) - started )) s" | tee -a "$out/snakemake.log"
+grep -E "steps \(|Error|error" "$out/snakemake.log" | tail -5 || true
+
+exp="$state/results/smollm2-135m"
+for part in report.md report.html summary.csv plots eval logs benchmarks search; do
+    [ -e "$exp/$part" ] && cp -r "$exp/$part" "$out/" || true
+done
+find "$exp/work" -name metrics.jsonl -exec sh -c 'mkdir -p "$2/metrics" && cp "$1" "$2/metrics/$(basename $(dirname "$1")).jsonl"' _ {} "$out" \; 2>/dev/null || true
+exit $rc
