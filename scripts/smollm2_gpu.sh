@@ -7,8 +7,8 @@
 # OUT      where the report, summary, evaluation JSONs, logs and benchmarks are copied after the run
 # SECONDS  stop Snakemake after this long (default 540): it interrupts the running jobs, which
 #          resume on the next call (fine-tuning from its last checkpoint, a search from its log)
-# WHEELS   a folder of wheels to install first if snakemake is missing (a GPU machine without
-#          network: snakemake, gguf, jsonschema and their dependencies)
+# WHEELS   a folder of wheels (searched recursively) to install first if snakemake, gguf or
+#          jsonschema is missing: a GPU machine without network gets them this way
 #
 # Everything that must outlive one call lives under $STATE (default /root/smollm2-run): the
 # results folder, Snakemake's own .snakemake state and the installed wheels. Call it again with the
@@ -21,8 +21,10 @@ mkdir -p "$state/results" "$state/snakemake" "$state/site" "$out" data/smollm2
 export PYTHONPATH="$PWD/src:$state/site${PYTHONPATH:+:$PYTHONPATH}"
 if ! python -c "import snakemake, gguf, jsonschema" 2>/dev/null; then
     [ -n "$wheels" ] || { echo "snakemake/gguf/jsonschema missing and no WHEELS folder given" >&2; exit 2; }
-    python -m pip install -q --no-index --no-compile --no-cache-dir --target "$state/site" \
-        --find-links "$wheels" --find-links "$wheels/snake" snakemake gguf jsonschema
+    # every wheel under WHEELS, without resolving: the folder holds the whole closure that the
+    # machine lacks (pip download/wheel of snakemake, gguf and jsonschema for its Python)
+    python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$state/site" \
+        $(find "$wheels" -name '*.whl')
 fi
 ln -sf "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # Snakemake's record of finished and interrupted jobs survives the call with the results
