@@ -24,7 +24,7 @@ if ! python -c "import snakemake, gguf, jsonschema" 2>/dev/null; then
     # every wheel under WHEELS, without resolving: the folder holds the whole closure that the
     # machine lacks (pip download/wheel of snakemake, gguf and jsonschema for its Python)
     python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$state/site" \
-        $(find "$wheels" -name '*.whl')
+        $(find "$wheels" -type f -name '*.whl')
 fi
 ln -sf "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # Snakemake's record of finished and interrupted jobs survives the call with the results
