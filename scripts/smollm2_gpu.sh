@@ -24,7 +24,7 @@ if ! python -c "import snakemake, gguf, jsonschema" 2>/dev/null; then
     # every wheel under WHEELS, without resolving: the folder holds the whole closure that the
     # machine lacks (pip download/wheel of snakemake, gguf and jsonschema for its Python)
     python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$state/site" \
-        $(find "$wheels" -type f -name '*.whl')
+        $(find "$wheels" -type f -name '*.whl' | awk -F/ '!seen[$NF]++')
 fi
 ln -sf "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # Snakemake's record of finished and interrupted jobs survives the call with the results
@@ -32,12 +32,13 @@ rm -rf .snakemake && ln -s "$state/snakemake" .snakemake
 
 started=$(date +%s)
 # the CPU stages and the evaluations overlap on the GPU (one GPU, 16 cores: two fine-tunes or four
-# evaluations at a time); W&B is not installed on the GPU machine, so tracking is off there
+# evaluations at a time); W&B is not installed on the GPU machine, so tracking is off there; the
+# greedy scheduler needs no ILP solver (pulp's 16 MB of binaries stay off the machine)
 set +e
 timeout --signal=INT --kill-after=60 "$seconds" \
     python -m snakemake --cores 16 --configfile config/smollm2.yaml \
     --config results_dir="$state/results" 'wandb={mode: disabled}' \
-    --rerun-incomplete --keep-going --printshellcmds all > "$out/snakemake.log" 2>&1
+    --rerun-incomplete --keep-going --printshellcmds --scheduler greedy all > "$out/snakemake.log" 2>&1
 rc=$?
 set -e
 echo "snakemake exit $rc after $(( $(date +%s) - started )) s" | tee -a "$out/snakemake.log"
