@@ -45,8 +45,8 @@ echo "snakemake exit $rc after $(( $(date +%s) - started )) s" | tee -a "$out/sn
 grep -E "steps \(|Error|error" "$out/snakemake.log" | tail -5 || true
 
 exp="$state/results/smollm2-135m"
-for part in report.md report.html summary.csv plots eval logs benchmarks search; do
-    [ -e "$exp/$part" ] && cp -r "$exp/$part" "$out/" || true
-done
-find "$exp/work" -name metrics.jsonl -exec sh -c 'mkdir -p "$2/metrics" && cp "$1" "$2/metrics/$(basename $(dirname "$1")).jsonl"' _ {} "$out" \; 2>/dev/null || true
+# one archive (the device link returns few files): report, summary, plots, every evaluation JSON,
+# job logs and benchmarks, search logs and factors, training metrics
+(cd "$exp" && tar czf "$out/results.tgz" --ignore-failed-read report.md report.html summary.csv plots eval logs \
+    benchmarks search $(ls -d work/*/metrics.jsonl 2>/dev/null)) || true
 exit $rc
