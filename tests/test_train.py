@@ -47,6 +47,16 @@ def test_loss_falls_and_model_is_saved_as_safetensors(tmp_path):
     assert summary["steps"] == 30 and "causal attention at half" in summary["flop_convention"]
 
 
+def test_a_bf16_model_trained_with_float32_master_weights_is_saved_and_reloads_as_bf16(tmp_path):
+    from longctx.model import load_model
+
+    data = token_file(tmp_path)
+    train(tiny_llama().to(torch.bfloat16), data, settings(steps=2, precision="fp32"), tmp_path / "out", tmp_path / "work")
+    assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}
+    # what a later stage gets with dtype "auto": bf16, not the float32 training copy
+    assert load_model(tmp_path / "out").dtype == torch.bfloat16
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     data = token_file(tmp_path)
     s = settings(steps=8, checkpoint_every=3)
