@@ -34,9 +34,10 @@ touch -h -r "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 rm -rf .snakemake && ln -s "$state/snakemake" .snakemake
 
 started=$(date +%s)
-# the CPU stages and the evaluations overlap on the GPU (one GPU, 16 cores: two fine-tunes or four
-# evaluations at a time); W&B is not installed on the GPU machine, so tracking is off there; the
-# greedy scheduler needs no ILP solver (pulp's 16 MB of binaries stay off the machine)
+# the CPU stages and the evaluations overlap on the GPU (one GPU, 16 cores: two fine-tunes, or one and
+# four evaluations, or eight evaluations at a time); W&B is not installed on the GPU machine, so
+# tracking is off there; the greedy scheduler needs no ILP solver (pulp's 16 MB of binaries stay
+# off the machine)
 set +e
 timeout --signal=INT --kill-after=60 "$seconds" \
     python -m snakemake --cores 16 --configfile config/smollm2.yaml \
