@@ -44,12 +44,26 @@ def parse_jobs(text: str) -> list[dict]:
     return jobs
 
 
+def place_model_file(config_path: Path, workdir: Path) -> None:
+    """A stand-in for a config's model file or folder on disk (gguf, local): the user's, an input of
+    the tokenizer and base-model rules, so a dry run needs it to exist (its contents are not read)."""
+    model = load_config(config_path)["model"]
+    if model["source"] in ("gguf", "local"):
+        path = workdir / model["name_or_path"]
+        if model["source"] == "gguf":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+
+
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory):
     """Name -> parsed jobs; all dry runs at once (each is mostly Python start-up and DAG building)."""
     procs = {}
     for name, cfg in CONFIGS.items():
         workdir = tmp_path_factory.mktemp(name)
+        place_model_file(cfg, workdir)
         cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"),
                "--configfile", str(cfg), "-d", str(workdir), "--cores", "1"]
         procs[name] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -184,8 +198,8 @@ def test_smollm2_whole_chain_on_one_gpu(dry_runs):
     assert trained(jobs) == {"pi-x4-ft", "yarn-x4-ft", "smollm2-longrope-x4-ft"}
     assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x4-ft", "smollm2-longrope-x8"}
     evals = evaluated(jobs)
-    assert evals[("base", "perplexity")] == [4096, 8192, 16384, 32768, 65536]
-    assert evals[("smollm2-longrope-x8-recovery", "passkey")] == [8192, 16384, 32768, 65536]
+    assert evals[("base", "perplexity")] == [8192, 16384, 32768, 65536]
+    assert evals[("smollm2-longrope-x8-recovery", "passkey")] == [8192, 32768, 65536]
     assert evals[("pi-x4-ft", "lines")] == [8192, 32768]
     assert Counter(e for (_, e) in evals) == Counter({"perplexity": 9, "passkey": 9, "lines": 9})
     # every GPU stage on one GPU of any type; nothing spans nodes
@@ -197,3 +211,11 @@ def test_smollm2_whole_chain_on_one_gpu(dry_runs):
     splits = config["corpora"]["austen"]["splits"]
     assert not set(splits["test"]) & (set(splits["train"]) | set(splits["validation"]))
     assert (config["search"]["split"], config["evaluate"]["perplexity"]["split"]) == ("validation", "test")
+
+
+def test_a_missing_model_file_fails_the_dry_run_naming_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
+                           str(CONFIGS["smollm2"]), "-d", str(tmp_path), "--cores", "1"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout + proc.stderr
