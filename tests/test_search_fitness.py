@@ -151,3 +151,24 @@ def test_a_candidate_is_abandoned_once_its_partial_loss_rules_it_out(model_and_w
     # a cutoff above the perplexity: scored in full
     again = fitness.evaluate([candidate], cutoff=full.perplexity * 1.01)[0]
     assert again == Score(full.perplexity, True, 3)
+
+
+def test_compiled_layers_score_candidates_as_the_eager_model_does(model_and_windows):
+    """What ``search.compile`` does on a GPU (there on by default), here on the CPU: each decoder
+    layer compiled, candidates' RoPE handed in per forward; same scores, no recompiling per candidate."""
+    import copy
+
+    from longctx.model import compile_layers
+
+    model, windows = model_and_windows
+    task = plain_task(geometry_of(model.config), 4.0, SETTINGS)
+    candidates = [_gridded(task, task.seeds["pi"]), _gridded(task, task.seeds["yarn"], 4)]
+    eager = PerplexityFitness(model, windows, task, batch_tokens=64).evaluate(candidates)
+    compiled_model = copy.deepcopy(model)
+    assert compile_layers(compiled_model) == compiled_model.config.num_hidden_layers
+    compiled = PerplexityFitness(compiled_model, windows, task, batch_tokens=64).evaluate(candidates)
+    for x, y in zip(eager, compiled):
+        assert y.perplexity == pytest.approx(x.perplexity, rel=1e-5)
+    assert round(eager[0].perplexity, 6) != round(eager[1].perplexity, 6)  # the candidates do differ
+    # on CPU the fitness itself leaves the layers eager (compiling costs more than it saves there)
+    assert not PerplexityFitness(model, windows, task, compile=True).compiled
