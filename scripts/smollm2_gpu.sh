@@ -10,6 +10,13 @@
 # WHEELS   a folder of wheels (searched recursively) to install first if snakemake, gguf or
 #          jsonschema is missing: a GPU machine without network gets them this way
 #
+# Making WHEELS on a machine with network, for the GPU machine's Python (3.12 here):
+#   pip wheel snakemake==9.27.1 gguf -w wheels/        # the whole closure, built for this Python
+#   # then replace each compiled (cpXY) wheel by its cp312 build:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 NAME==VERSION -d wheels/
+#   rm wheels/pulp-*.whl                                 # 16 MB of solver binaries the greedy scheduler skips
+#
 # Everything that must outlive one call lives under $STATE (default /root/smollm2-run): the
 # results folder, Snakemake's own .snakemake state and the installed wheels. Call it again with the
 # same STATE to go on; a finished DAG makes the call a no-op apart from the copy.
