@@ -87,10 +87,8 @@ def token_files(corpus, split):
 def source_model_files():
     """The base model's file or folder when it is on disk (gguf, local): an input of the rules that
     read it, so replacing it rebuilds the tokenizer and the base model. Hub ids and pretraining: none."""
-    m = config["model"]
-    if m["source"] not in ("gguf", "local"):
-        return []
-    return [os.path.join(m["name_or_path"], m["gguf_file"]) if m.get("gguf_file") else m["name_or_path"]]
+    path = lc.source_model_path(config["model"])
+    return [str(path)] if path else []
 
 
 # --- cluster resources and launchers (docs/cluster.md) ---

@@ -1,5 +1,7 @@
 """The trainer: loss falls, a killed run resumes to the same weights, divergence stops cleanly."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,21 @@ def token_file(tmp_path, n=6000, vocab=96, seed=0):
     np.save(prefix.with_suffix(".idx.npy"), np.array([[0, n]], dtype=np.int64))
     write_json(prefix.with_suffix(".json"), {"dtype": "uint16", "documents": 1, "tokens": n, "document_ids": ["x"]})
     return prefix
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(step: int):
+    """Inside, the trainer dies right after saving the checkpoint of ``step``, as a killed job would."""
+    real_save = train_mod._save_checkpoint
+
+    def save_then_die(accelerator, ckpt, at, position, settings):
+        real_save(accelerator, ckpt, at, position, settings)
+        if at == step:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(train_mod, "_save_checkpoint", save_then_die)
+        yield
 
 
 def settings(**kw):
@@ -57,23 +74,14 @@ def test_a_bf16_model_trained_with_float32_master_weights_is_saved_and_reloads_a
     assert load_model(tmp_path / "out").dtype == torch.bfloat16
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
     data = token_file(tmp_path)
     s = settings(steps=8, checkpoint_every=3)
     train(tiny_llama(), data, s, tmp_path / "straight", tmp_path / "work_a")
 
-    real_save = train_mod._save_checkpoint
-
-    def save_then_die(accelerator, ckpt, step, position, settings):
-        real_save(accelerator, ckpt, step, position, settings)
-        if step == 6:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(6):
         train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
     assert not (tmp_path / "resumed").exists()  # no half-written final model
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
     train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
 
     a = load_file(tmp_path / "straight" / "model.safetensors")

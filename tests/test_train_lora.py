@@ -11,7 +11,7 @@ from longctx.model import load_model
 from longctx.train import TrainSettings, TrainingError, train
 
 from conftest import tiny_llama
-from test_train import token_file
+from test_train import killed_after_checkpoint, token_file
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
@@ -72,22 +72,13 @@ def test_full_fine_tuning_saves_the_weights_it_trained(tmp_path):
     assert json.loads(lines[0])["attention"] == "sdpa"
 
 
-def test_killed_lora_run_with_document_masking_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_killed_lora_run_with_document_masking_resumes_to_the_same_weights(tmp_path):
     data = token_file(tmp_path)
     s = settings(steps=5, checkpoint_every=2, lora=LORA, document_masking=True)
     train(tiny_llama(), data, s, tmp_path / "straight", tmp_path / "work_a", device="cpu")
 
-    real_save = train_mod._save_checkpoint
-
-    def save_then_die(accelerator, ckpt, step, position, settings):
-        real_save(accelerator, ckpt, step, position, settings)
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(4):
         train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b", device="cpu")
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
     train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b", device="cpu")
     for f in ("model.safetensors", "adapter/adapter_model.safetensors"):
         a, b = load_file(tmp_path / "straight" / f), load_file(tmp_path / "resumed" / f)

@@ -171,6 +171,18 @@ def train_corpus(config: dict, stage: str) -> str:
     return config["model"]["pretrain"]["corpus"] or first_corpus(config)
 
 
+def source_model_path(model: dict) -> Path | None:
+    """The base model's file (gguf) or folder (local) on disk, from the ``model`` section; None for
+    hub ids and pretraining. Existence is not checked: the rules list it as an input, so Snakemake
+    names it when it is missing, and the loader says so too."""
+    if model["source"] not in ("local", "gguf"):
+        return None
+    where = Path(model["name_or_path"])
+    if model["source"] == "gguf" and model.get("gguf_file") and not where.is_file():
+        return where / model["gguf_file"]
+    return where
+
+
 def eval_corpus(config: dict) -> str:
     return config["evaluate"]["perplexity"]["corpus"] or first_corpus(config)
 

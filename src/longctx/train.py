@@ -38,10 +38,10 @@ import torch
 
 from longctx import attention as attn
 from longctx import parallel
-from longctx.model import compile_layers
 from longctx.data import DataError, TokenFile
 from longctx.io import atomic_dir, read_json, write_json
 from longctx.loss import causal_lm_nll
+from longctx.model import compile_layers
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,8 @@ class Trainer:
                                          adamw_mode=True)
         else:
             # the fused CUDA kernel (one launch for all parameters) where every parameter is a plain
-            # CUDA tensor; sharded parameters (FSDP's DTensors) keep PyTorch's default
+            # CUDA tensor; otherwise None, PyTorch's default (an explicit False would also turn off
+            # its foreach kernels), e.g. for FSDP's DTensors
             fused = all(p.is_cuda and type(p.data) is torch.Tensor for p in trainable)
             optimizer = torch.optim.AdamW(trainable, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay,
                                           fused=fused or None)
