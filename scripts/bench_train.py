@@ -265,6 +265,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or args.micro_batch_size
+    if args.length < 2:  # one token has nothing to predict
+        raise SystemExit(f"--length {args.length}: a training sequence needs at least 2 tokens")
     rows = [parse_row(r) for r in (args.row or DEFAULT_ROWS)]
 
     from longctx.train import FLOP_CONVENTION, flops_per_token, peak_flops_per_device

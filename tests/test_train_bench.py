@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,18 @@ def test_rows_take_trainer_settings_but_not_the_runs(bench):
         bench.parse_row("longctx:strategy=fsdp")
     with pytest.raises(SystemExit, match="not a TrainSettings field"):
         bench.parse_row("longctx:speed=11")
+
+
+def test_max_length_tries_lengths_in_turn_and_stops_at_the_first_that_fails(tmp_path):
+    # 48 tokens train; 0 tokens is refused by bench_train.py, so 96 is never tried
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # this venv's python
+    done = subprocess.run(["bash", str(SCRIPT.parent / "max_length.sh"), str(tmp_path), "1", "48 0 96",
+                           "--device", "cpu", "--shape", "tiny", "--row", "longctx"],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert summary[0].startswith("48 ok") and summary[1].startswith("0 failed")
+    assert summary[-1] == "longest length that trained: 48" and len(summary) == 3
+    assert json.loads((tmp_path / "48.json").read_text())["rows"][0]["status"] == "ok"
+    assert "--length 0: a training sequence needs at least 2 tokens" in (tmp_path / "0.log").read_text()
+    assert not (tmp_path / "96.log").exists()
