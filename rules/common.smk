@@ -24,6 +24,7 @@ VARIANTS = {v.name: v for v in lc.variants(config)}
 FINETUNED = [n for n, v in VARIANTS.items() if v.finetune]
 SEARCHED = [n for n, v in VARIANTS.items() if v.search]
 RECOVERED = [n for n, v in VARIANTS.items() if v.recovery_of]  # progressive chains' final models
+SEARCH_OWNER = lc.search_owners(list(VARIANTS.values()))  # identical searches run once
 EVALS = lc_eval.enabled_evaluations(config)
 EVAL_LENGTHS = {e: lc_eval.lengths_for(config, e) for e in EVALS}  # each evaluation's own lengths
 PPL_CORPUS = lc.eval_corpus(config)
@@ -77,7 +78,8 @@ def base_factors_file(name):
 
 
 def factors_file(name):
-    return f"{R}/search/{name}/factors.json" if VARIANTS[name].search else []
+    """A searched variant's factors: its own search's, or those of the variant that ran the same search."""
+    return f"{R}/search/{SEARCH_OWNER[name]}/factors.json" if VARIANTS[name].search else []
 
 
 def token_files(corpus, split):

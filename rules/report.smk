@@ -9,7 +9,7 @@ DATASET_IDS = [x for x in (PPL_SOURCE.get("hub_path"), PPL_SOURCE.get("root")) i
 rule report:
     input:
         results=eval_result_files(),
-        search=[factors_file(n) for n in SEARCHED],
+        search=list(dict.fromkeys(factors_file(n) for n in SEARCHED)),
     output:
         md=f"{R}/report.md",
         csv=f"{R}/summary.csv",

@@ -14,7 +14,7 @@ rule search:
     output:
         f"{R}/search/{{variant}}/factors.json",
     wildcard_constraints:
-        variant=one_of([n for n in SEARCHED if n not in RECOVERED]),
+        variant=one_of([n for n in SEARCHED if SEARCH_OWNER[n] == n and n not in RECOVERED]),
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q(SEARCH_SETTINGS),

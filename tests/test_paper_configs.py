@@ -29,7 +29,7 @@ CONFIGS = {
 
 
 def parse_jobs(text: str) -> list[dict]:
-    """The jobs of a `snakemake -n -p` printout: rule, wildcards and resources of each."""
+    """The jobs of a `snakemake -n -p` printout: rule, wildcards, resources and input files of each."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
         head = re.match(r"(?:local)?rule (\w+):", block)
@@ -40,6 +40,8 @@ def parse_jobs(text: str) -> list[dict]:
             line = re.search(rf"^\s+{key}: (.*)$", block, re.M)
             if line:
                 job[key] = dict(item.split("=", 1) for item in line.group(1).split(", "))
+        inputs = re.search(r"^\s+input: (.*)$", block, re.M)
+        job["input"] = inputs.group(1).split(", ") if inputs else []
         jobs.append(job)
     return jobs
 
@@ -196,7 +198,10 @@ def test_longrope_mistral_finetunes_at_16k_on_4_gpus_and_searches_128k(dry_runs)
 def test_smollm2_whole_chain_on_one_gpu(dry_runs):
     jobs = dry_runs["smollm2"]
     assert trained(jobs) == {"pi-x4-ft", "yarn-x4-ft", "smollm2-longrope-x4-ft"}
-    assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x4-ft", "smollm2-longrope-x8"}
+    # the chain's first step searches the base weights at 4x as longrope-x4-search does: one search for both
+    assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x8"}
+    (chain_ft,) = [j for j in by_rule(jobs, "finetune") if j["wildcards"]["variant"] == "smollm2-longrope-x4-ft"]
+    assert any(f.endswith("search/longrope-x4-search/factors.json") for f in chain_ft["input"])
     evals = evaluated(jobs)
     assert evals[("base", "perplexity")] == [8192, 16384, 32768, 65536]
     assert evals[("smollm2-longrope-x8-recovery", "passkey")] == [8192, 32768, 65536]

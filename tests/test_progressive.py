@@ -76,6 +76,21 @@ def test_a_chain_resolves_into_variants_in_dag_order():
     assert (final.recovery_of, final.recovery_lengths, final.scale) == ("lr-x32", (128, 256), 32.0)
 
 
+def test_a_standalone_search_and_a_chain_step_that_would_search_alike_share_one_search():
+    cfg = default_config()
+    cfg["variants"] = [{"method": "longrope", "scale": 4, "search": True},
+                       {"method": "longrope", "scale": 8, "search": True},
+                       {"method": "longrope", "scale": 4, "search": True, "finetune": True}]
+    cfg["progressive"] = [{"name": "lr", "steps": [{"scale": 4, "finetune_steps": 30}, {"scale": 8}],
+                           "recovery": [1]}]
+    owners = lc.search_owners(lc.variants(lc.validate(cfg)))
+    # base weights at 4x: one search for the standalone variant, its fine-tuned twin and the chain's first step
+    assert owners["longrope-x4-search-ft"] == owners["lr-x4-ft"] == "longrope-x4-search"
+    assert owners["longrope-x8-search"] == "longrope-x8-search"
+    assert owners["lr-x8"] == "lr-x8"  # 8x on the chain's fine-tuned weights: not the base model's 8x search
+    assert owners["lr-x8-recovery"] == "lr-x8-recovery"
+
+
 def test_the_embedded_default_runs_a_scaled_down_chain():
     names = {v.name: v for v in lc.variants(lc.load_config(REPO / "config.yaml"))}
     assert names["longrope-prog-x4-ft"].finetune_steps == 40

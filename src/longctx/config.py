@@ -9,6 +9,7 @@ lacks, a target length not above the original context, a corpus that is not defi
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -137,6 +138,31 @@ def variants(config: dict) -> list[Variant]:
 
         out += chain_variants(config, original_context(config))
     return out
+
+
+# factor sets a variant carries from an earlier search, not what it searches with
+SEARCH_RESULT_PARAMS = ("factors", "n_hat", "factor_sets")
+
+
+def search_owners(variants: list[Variant]) -> dict[str, str]:
+    """Each searched variant -> the variant whose search it uses.
+
+    Two variants that search the same weights (``start``) at the same scale with the same method
+    parameters would run the same search (same data, settings and seed): the first of them owns it
+    and the others read its factors - e.g. a standalone ``longrope-x4-search`` and a progressive
+    chain's first step at 4x. A recovery search is always its own.
+    """
+    owners, first = {}, {}
+    for v in variants:
+        if not v.search:
+            continue
+        if v.recovery_of:
+            owners[v.name] = v.name
+            continue
+        params = {k: p for k, p in v.params.items() if k not in SEARCH_RESULT_PARAMS}
+        key = (v.start, v.method, v.scale, json.dumps(params, sort_keys=True))
+        owners[v.name] = first.setdefault(key, v.name)
+    return owners
 
 
 def _default_name(v: dict) -> str:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from longctx import tracking
+from longctx.config import SEARCH_RESULT_PARAMS
 from longctx.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def stage_search(model_dir, data_prefix, out_file, variant: dict, settings: dict
     settings = settings_at(settings, target)
     windows, doc_ids = _search_windows(data_prefix, target, settings, seed)
     model, geometry = _search_model(model_dir, settings, device, original_context)
-    params = {k: v for k, v in variant["params"].items() if k not in ("factors", "n_hat", "factor_sets")}
+    params = {k: v for k, v in variant["params"].items() if k not in SEARCH_RESULT_PARAMS}
     if base_factors_file:
         tuned = read_json(base_factors_file)
         task = secondary_task(geometry, variant["scale"], tuned.get("rope_scale", tuned["scale"]),
@@ -178,7 +179,7 @@ def stage_recovery(model_dir, data_prefix, out_file, variant: dict, settings: di
     per_length = {n: settings_at(settings, n) for n in lengths}
     windows = {n: _search_windows(data_prefix, n, per_length[n], seed) for n in lengths}  # all checked first
     model, geometry = _search_model(model_dir, settings, device, original_context)
-    params = {k: v for k, v in variant["params"].items() if k not in ("factors", "n_hat", "factor_sets")}
+    params = {k: v for k, v in variant["params"].items() if k not in SEARCH_RESULT_PARAMS}
     log_dir = Path(log_dir or Path(out_file).parent)
     log_dir.mkdir(parents=True, exist_ok=True)
     records = []
