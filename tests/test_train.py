@@ -68,7 +68,8 @@ def test_a_bf16_model_trained_with_float32_master_weights_is_saved_and_reloads_a
     from longctx.model import load_model
 
     data = token_file(tmp_path)
-    train(tiny_llama().to(torch.bfloat16), data, settings(steps=2, precision="fp32"), tmp_path / "out", tmp_path / "work")
+    train(tiny_llama().to(torch.bfloat16), data, settings(steps=2, precision="fp32"), tmp_path / "out",
+          tmp_path / "work")
     assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}
     # what a later stage gets with dtype "auto": bf16, not the float32 training copy
     assert load_model(tmp_path / "out").dtype == torch.bfloat16

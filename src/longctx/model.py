@@ -32,7 +32,8 @@ def compile_layers(model) -> int:
 
     Per layer rather than the whole model: one compiled graph serves every layer, compiling takes
     seconds, and what fusing buys (norms, RoPE, SwiGLU, residuals in a few kernels; 1.26x in
-    training at 32k tokens on an H100, docs/training.md) is inside the layers. Attention stays the SDPA kernel PyTorch picks."""
+    training at 32k tokens on an H100, docs/training.md) is inside the layers. Attention stays the
+    SDPA kernel PyTorch picks."""
     names = set(getattr(model, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in names]
     for layer in layers:

@@ -430,10 +430,9 @@ def _record_dtype(folder: Path, dtype: torch.dtype) -> None:
     """config.json says the dtype the weights were saved in. save_pretrained writes the training
     copy's (float32 master weights), and a later ``dtype="auto"`` load would then run the model
     in float32: twice the memory, and no flash/cuDNN attention (OOM at 32k on an 80 GB GPU)."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
+    config = read_json(folder / "config.json")
     config["dtype"] = str(dtype).removeprefix("torch.")
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(folder / "config.json", config)
 
 
 def activation_checkpointing(model, enable: bool) -> None:
