@@ -16,6 +16,16 @@ except lc.ConfigError as e:
     sys.stderr.write(f"Config error: {e}\n")
     sys.exit(1)
 
+
+onstart:
+    # before the first job (never in a dry run): jobs that run on this machine need the GPU asked for
+    if config["device"] == "cuda" and workflow.local_exec:
+        try:
+            lc.check_cuda_here()
+        except lc.ConfigError as e:
+            sys.stderr.write(f"Config error: {e}\n")
+            sys.exit(1)
+
 EXP = config["experiment"]
 R = f"{config['results_dir']}/{EXP}"
 L = lc.original_context(config)
@@ -69,6 +79,11 @@ def start_dir(name):
     chain's later stage) the fine-tuned folder of the chain's last fine-tuned step."""
     start = VARIANTS[name].start
     return f"{R}/models/{start}" if start else f"{R}/models/base"
+
+
+def option(flag, value):
+    """Shell words for an optional ``--flag value`` (quoted by the rule's ``:q``), or none."""
+    return [flag, value] if value else []
 
 
 def base_factors_file(name):

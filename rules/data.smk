@@ -18,7 +18,7 @@ rule tokenizer:
     benchmark:
         f"{R}/benchmarks/tokenizer.tsv"
     shell:
-        "python -m longctx tokenizer --config-json {params.cfg} --out {output} > {log} 2>&1"
+        "python -m longctx tokenizer --config-json {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_corpus:
@@ -40,5 +40,5 @@ rule prepare_corpus:
     benchmark:
         f"{R}/benchmarks/prepare/{{corpus}}-{{split}}.tsv"
     shell:
-        "python -m longctx prepare --corpus {params.corpus} --split {wildcards.split} "
-        "--tokenizer {input.tokenizer} --out-prefix {params.prefix} --run {params.run} > {log} 2>&1"
+        "python -m longctx prepare --corpus {params.corpus} --split {wildcards.split:q} "
+        "--tokenizer {input.tokenizer:q} --out-prefix {params.prefix:q} --run {params.run} > {log:q} 2>&1"

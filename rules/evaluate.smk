@@ -11,8 +11,8 @@ rule evaluate:
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=lambda w: q(EVAL_SETTINGS[w.eval]),
-        data=lambda w: f"--data {R}/data/{PPL_CORPUS}/{PPL['split']}" if w.eval == "perplexity" else "",
-        factors=lambda w: f"--factors {factors_file(w.variant)}" if VARIANTS[w.variant].search else "",
+        data=lambda w: option("--data", f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if w.eval == "perplexity" else None),
+        factors=lambda w: option("--factors", factors_file(w.variant)),
         run=q(RUN),
         seed=config["seed"],
         device=config["device"],
@@ -27,6 +27,7 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/eval/{{variant}}/{{eval}}-{{length}}.tsv"
     shell:
-        "{params.launch} evaluate --eval {wildcards.eval} --model {input.model} --out {output} "
-        "--variant {params.variant} --length {wildcards.length} --settings {params.settings} "
-        "--run {params.run} --seed {params.seed} --device {params.device} {params.data} {params.factors} > {log} 2>&1"
+        "{params.launch} evaluate --eval {wildcards.eval:q} --model {input.model:q} --out {output:q} "
+        "--variant {params.variant} --length {wildcards.length:q} --settings {params.settings} "
+        "--run {params.run} --seed {params.seed:q} --device {params.device:q} {params.data:q} {params.factors:q} "
+        "> {log:q} 2>&1"

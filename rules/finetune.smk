@@ -16,7 +16,7 @@ rule finetune:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q({k: v for k, v in config["finetune"].items() if k != "corpus"}),
         prefix=lambda w, input: input.data[0].removesuffix(".bin"),
-        factors=lambda w: f"--factors {factors_file(w.variant)}" if VARIANTS[w.variant].search else "",
+        factors=lambda w: option("--factors", factors_file(w.variant)),
         work_dir=f"{R}/work/{{variant}}",
         run=q(RUN),
         original_context=L,
@@ -33,7 +33,7 @@ rule finetune:
     benchmark:
         f"{R}/benchmarks/finetune/{{variant}}.tsv"
     shell:
-        "{params.launch} finetune --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
-        "--run {params.run} --seed {params.seed} --device {params.device} {params.factors} "
-        "--work-dir {params.work_dir} > {log} 2>&1"
+        "{params.launch} finetune --model {input.model:q} --data {params.prefix:q} --out {output:q} "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
+        "--run {params.run} --seed {params.seed:q} --device {params.device:q} {params.factors:q} "
+        "--work-dir {params.work_dir:q} > {log:q} 2>&1"

@@ -12,7 +12,7 @@ rule base_model:
         directory(f"{R}/models/base"),
     params:
         cfg=q({k: config[k] for k in ("model", "seed")}),
-        train_data=lambda w, input: f"--train-data {input.train[0].removesuffix('.bin')}" if input.train else "",
+        train_data=lambda w, input: option("--train-data", input.train[0].removesuffix(".bin") if input.train else None),
         work_dir=f"{R}/work/base",
         run=q(RUN),
         launch=launcher(data_parallel=PRETRAIN),
@@ -26,6 +26,6 @@ rule base_model:
     benchmark:
         f"{R}/benchmarks/base_model.tsv"
     shell:
-        "{params.launch} base-model --config-json {params.cfg} --tokenizer {input.tokenizer} "
-        "{params.train_data} --out {output} --work-dir {params.work_dir} "
-        "--run {params.run} > {log} 2>&1"
+        "{params.launch} base-model --config-json {params.cfg} --tokenizer {input.tokenizer:q} "
+        "{params.train_data:q} --out {output:q} --work-dir {params.work_dir:q} "
+        "--run {params.run} > {log:q} 2>&1"

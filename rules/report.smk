@@ -19,7 +19,7 @@ rule report:
         variants=q([variant_dict(n) for n in VARIANTS]),
         run=q(RUN),
         dataset=PPL_CORPUS,
-        dataset_ids=" ".join(f"--dataset-id {shlex.quote(x)}" for x in DATASET_IDS),
+        dataset_ids=[word for x in DATASET_IDS for word in ("--dataset-id", x)],
         finetune_steps=config["finetune"]["steps"],
     threads: stage_threads("report")
     resources:
@@ -29,9 +29,10 @@ rule report:
     log:
         f"{R}/logs/report.log",
     shell:
-        "python -m longctx report --results {input.results} --search {input.search} --variants {params.variants} "
-        "--run {params.run} --dataset {params.dataset} {params.dataset_ids} --finetune-steps {params.finetune_steps} "
-        "--out-md {output.md} --out-csv {output.csv} --out-html {output.html} --plots {output.plots} > {log} 2>&1"
+        "python -m longctx report --results {input.results:q} --search {input.search:q} --variants {params.variants} "
+        "--run {params.run} --dataset {params.dataset:q} {params.dataset_ids:q} "
+        "--finetune-steps {params.finetune_steps:q} --out-md {output.md:q} --out-csv {output.csv:q} "
+        "--out-html {output.html:q} --plots {output.plots:q} > {log:q} 2>&1"
 
 
 rule compare:
@@ -48,4 +49,4 @@ rule compare:
     log:
         f"{R}/logs/compare.log",
     shell:
-        "python -m longctx compare --summaries {input} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "python -m longctx compare --summaries {input:q} --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"

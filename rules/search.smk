@@ -19,7 +19,7 @@ rule search:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=q(SEARCH_SETTINGS),
         prefix=lambda w, input: input.data[0].removesuffix(".bin"),
-        base_factors=lambda w: f"--base-factors {base_factors_file(w.variant)}" if VARIANTS[w.variant].start else "",
+        base_factors=lambda w: option("--base-factors", base_factors_file(w.variant)),
         log_file=f"{R}/search/{{variant}}/candidates.jsonl",
         run=q(RUN),
         original_context=L,
@@ -36,10 +36,10 @@ rule search:
     benchmark:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
-        "{params.launch} search --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
-        "--run {params.run} --seed {params.seed} --device {params.device} --log-file {params.log_file} "
-        "{params.base_factors} > {log} 2>&1"
+        "{params.launch} search --model {input.model:q} --data {params.prefix:q} --out {output:q} "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
+        "--run {params.run} --seed {params.seed:q} --device {params.device:q} --log-file {params.log_file:q} "
+        "{params.base_factors:q} > {log:q} 2>&1"
 
 
 rule recovery:
@@ -71,7 +71,7 @@ rule recovery:
     benchmark:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
-        "{params.launch} recovery --model {input.model} --data {params.prefix} --out {output} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context} "
-        "--run {params.run} --seed {params.seed} --device {params.device} --long-factors {input.long_factors} "
-        "--log-dir {params.log_dir} > {log} 2>&1"
+        "{params.launch} recovery --model {input.model:q} --data {params.prefix:q} --out {output:q} "
+        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
+        "--run {params.run} --seed {params.seed:q} --device {params.device:q} --long-factors {input.long_factors:q} "
+        "--log-dir {params.log_dir:q} > {log:q} 2>&1"

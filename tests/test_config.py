@@ -1,5 +1,7 @@
 """Config validation: defaults filled in, mistakes named by key, fast."""
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -65,3 +67,104 @@ def test_snakemake_rejects_malformed_config_fast_naming_the_key(tmp_path):
         assert proc.returncode != 0
         assert key in proc.stderr + proc.stdout, proc.stderr[-2000:]
         assert elapsed < 10, f"{key}: took {elapsed:.1f}s"
+
+
+def dry_run(tmp_path, config: dict, *args) -> subprocess.CompletedProcess:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(path), "-d", str(tmp_path),
+                           "-s", str(REPO / "Snakefile"), *args], capture_output=True, text=True, cwd=REPO)
+
+
+def own_experiment() -> dict:
+    """A config of its own: no `search`, no `progressive`, one searched LongRoPE variant."""
+    return {"experiment": "mine", "corpora": {"austen": {**default_config()["corpora"]["austen"],
+                                                           "root": str(REPO / "data" / "austen")}},
+            "model": {"source": "pretrain", "pretrain": {"context": 128}},
+            "variants": [{"method": "longrope", "scale": 4, "search": True}]}
+
+
+def test_a_config_file_runs_that_config_plus_the_schema_defaults_not_the_embedded_default(tmp_path):
+    proc = dry_run(tmp_path, own_experiment())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    search = re.search(r"longctx search .*--settings '([^']*)'", text)
+    settings = json.loads(search.group(1))
+    # the schema's search (the paper's P=64, T=40), not config.yaml's scaled-down one (P=8, T=3)
+    assert (settings["population"], settings["iterations"], settings["documents"]) == (64, 40, 5)
+    assert "longrope-prog" not in text and "results/mine/" in text and "austen-tiny" not in text
+
+
+def test_config_overrides_apply_on_top_of_the_config_file(tmp_path):
+    proc = dry_run(tmp_path, own_experiment(), "--config", "experiment=other", "seed=7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "results/other/" in text and "results/mine/" not in text and '"seed": 7' in text
+
+
+def test_without_a_config_file_the_embedded_default_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "seed=7"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "results/austen-tiny/" in proc.stdout + proc.stderr
+
+
+def mistake(**changes) -> dict:
+    cfg = default_config()
+    cfg["corpora"]["austen"]["root"] = str(REPO / "data" / "austen")
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+CONFIG_TIME_MISTAKES = [
+    # a corpus name that would be a command in a shell
+    (mistake(corpora={"a$(touch /tmp/longctx-x)": {"source": "local", "root": str(REPO / "data" / "austen"),
+                                                    "splits": {"train": ["emma.txt"]}}}),
+     re.escape("config key 'corpora': the name 'a$(touch /tmp/longctx-x)' is not allowed")),
+    (mistake(corpora={"austen": {**default_config()["corpora"]["austen"], "root": str(REPO / "data" / "nowhere")}}),
+     "corpora.austen.root': folder .*nowhere does not exist"),
+    (mistake(corpora={"austen": {"source": "local", "root": str(REPO / "data" / "austen"),
+                                 "splits": {"train": ["emma.txt", "ulysses.txt"], "validation": ["emma.txt"],
+                                            "test": ["emma.txt"]}}}),
+     "corpora.austen.splits.train': file .*ulysses.txt does not exist"),
+    (mistake(evaluate={"length_multiples": [1, 2], "perplexity": {"split": "dev"}}),
+     "evaluate.perplexity.split': corpus 'austen' has no split 'dev'"),
+    (mistake(search__split="heldout"), "search.split': corpus 'austen' has no split 'heldout'"),
+    (mistake(finetune__batch_size=6, finetune__micro_batch_size=4), "finetune.micro_batch_size': batch_size \\(6\\)"),
+    (mistake(evaluate={"length_multiples": [0.25, 1]}), "evaluate.passkey': length 32 is below what passkey needs"),
+]
+
+
+@pytest.mark.parametrize("config,message", CONFIG_TIME_MISTAKES)
+def test_mistakes_are_named_at_config_time(config, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_a_mistake_fails_the_workflow_before_any_job_and_creates_nothing(tmp_path):
+    marker = tmp_path / "x"
+    cfg = mistake(corpora={f"a$(touch {marker})": {"source": "local", "root": str(REPO / "data" / "austen"),
+                                                   "splits": {"train": ["emma.txt"]}}})
+    proc = dry_run(tmp_path, cfg)
+    assert proc.returncode != 0 and "is not allowed" in proc.stderr
+    assert not marker.exists() and not (tmp_path / "results").exists()
+
+
+def test_device_cuda_without_a_gpu_fails_before_any_job_when_jobs_run_here(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({**own_experiment(), "device": "cuda"}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(path), "-d",
+                           str(tmp_path), "-s", str(REPO / "Snakefile")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0 and "config key 'device': 'cuda', but this machine has no CUDA GPU" in proc.stderr
+    assert not (tmp_path / "results").exists()
+    # a dry run plans (e.g. a paper config on a laptop) without complaint
+    assert dry_run(tmp_path, {**own_experiment(), "device": "cuda"}).returncode == 0

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from longctx.config import load_config, original_context, variants
 from longctx.evaluate.plan import enabled_evaluations
@@ -46,10 +47,20 @@ def parse_jobs(text: str) -> list[dict]:
     return jobs
 
 
+def link_corpora(config_path: Path, workdir: Path) -> None:
+    """Local corpora are read relative to the working directory (and checked when the config is read):
+    link the repository's into ``workdir``."""
+    for corpus in yaml.safe_load(config_path.read_text())["corpora"].values():
+        if corpus["source"] == "local" and not (workdir / corpus["root"]).exists():
+            (workdir / corpus["root"]).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / corpus["root"]).symlink_to(REPO / corpus["root"])
+
+
 def place_model_file(config_path: Path, workdir: Path) -> None:
     """A stand-in for a config's model file or folder on disk (gguf, local): the user's, an input of
     the tokenizer and base-model rules, so a dry run needs it to exist (its contents are not read)."""
-    model = load_config(config_path)["model"]
+    link_corpora(config_path, workdir)
+    model = yaml.safe_load(config_path.read_text())["model"]
     if model["source"] in ("gguf", "local"):
         path = workdir / model["name_or_path"]
         if model["source"] == "gguf":
@@ -219,8 +230,18 @@ def test_smollm2_whole_chain_on_one_gpu(dry_runs):
 
 
 def test_a_missing_model_file_fails_the_dry_run_naming_it(tmp_path):
+    link_corpora(CONFIGS["smollm2"], tmp_path)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
                            str(CONFIGS["smollm2"]), "-d", str(tmp_path), "--cores", "1"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout + proc.stderr
+
+
+def test_a_paper_config_run_from_the_repository_plans_its_own_experiment_only():
+    """config.yaml (the embedded default) is not merged under a config file given on the command line."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper/pi.yaml"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert "longrope" not in text and "austen" not in text and "results/pi-llama7b/" in text

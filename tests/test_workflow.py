@@ -123,7 +123,9 @@ def test_a_local_model_folder_becomes_the_base_model_and_is_tracked_as_an_input(
     source = tmp_path / "my-model"
     make_tiny_llama(vocab_size=512, context=32).save_pretrained(source)
     AutoTokenizer.from_pretrained(austen_tokenizer).save_pretrained(source)
-    config = small_config(tmp_path, model={"source": "local", "name_or_path": str(source), "original_context": 32})
+    # (passkey's prompt needs more than this model's 32 tokens: off)
+    config = small_config(tmp_path, model={"source": "local", "name_or_path": str(source), "original_context": 32},
+                          evaluate={"passkey": {"enabled": False}})
     target = "results/small/models/base"
 
     proc = snakemake(tmp_path, config, target)
@@ -135,3 +137,46 @@ def test_a_local_model_folder_becomes_the_base_model_and_is_tracked_as_an_input(
     (source / "config.json").touch()
     source.touch()
     assert planned_jobs(snakemake(tmp_path, config, "-n", target)) == {"tokenizer": 1, "base_model": 1}
+
+
+def test_a_deleted_evaluation_json_is_rebuilt_by_a_plain_run(small_run):
+    workdir, config = small_run
+    (workdir / "results" / "small" / "eval" / "yarn-x4" / "passkey-512.json").unlink()
+    assert planned_jobs(snakemake(workdir, config, "-n")) == {"evaluate": 1, "report": 1, "all": 1}
+
+
+def tiny_experiment(results_dir: str) -> dict:
+    """Every kind of rule (tokenizer, prepare, base model, fine-tune, search, recovery, evaluate,
+    report) on a model and data small enough for seconds per job."""
+    return {
+        "experiment": "tiny", "results_dir": results_dir,
+        "corpora": {"austen": {"source": "local", "root": str(REPO / "data" / "austen"), "documents": "chapter",
+                               "splits": {"train": ["persuasion.txt"], "validation": ["northanger_abbey.txt"],
+                                          "test": ["northanger_abbey.txt"]}}},
+        "model": {"source": "pretrain", "pretrain": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64,
+                                                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                                                     "context": 32, "steps": 2, "batch_size": 4}},
+        "variants": [{"method": "pi", "scale": 2}],
+        "progressive": [{"name": "chain", "steps": [{"scale": 2, "finetune_steps": 2}, {"scale": 4}],
+                         "recovery": [1]}],
+        "finetune": {"batch_size": 2, "micro_batch_size": 2, "warmup_steps": 0},
+        "search": {"documents": 1, "population": 4, "iterations": 1, "mutations": 1, "crossovers": 1, "parents": 2},
+        "evaluate": {"length_multiples": [1, 2], "passkey": {"enabled": False},
+                     "perplexity": {"max_documents": 2}},
+        "wandb": {"mode": "disabled"},
+    }
+
+
+def test_no_config_value_reaches_a_shell_unquoted(tmp_path):
+    marker = tmp_path / "executed"
+    # a space breaks every unquoted path; $(...) runs a command wherever the shell sees it unquoted
+    results_dir = f"out dir/r$(touch {marker})"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_experiment(results_dir)))
+    proc = snakemake(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not marker.exists()
+    out = tmp_path / results_dir / "tiny"
+    assert (out / "report.md").exists() and (out / "search" / "chain-x4-recovery" / "factors.json").exists()
+    assert {r["variant"] for r in csv.DictReader(open(out / "summary.csv"))} == \
+        {"base", "pi-x2", "chain-x2-ft", "chain-x4", "chain-x4-recovery"}

@@ -52,6 +52,9 @@ def _key(path) -> str:
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = _key(error.absolute_path)
+    if "propertyNames" in error.schema_path:  # a name of ours (corpus, split) that is not a plain word
+        return (f"config key '{key}': the name {error.instance!r} is not allowed; names are letters, digits "
+                f"and {'_' if key.endswith('splits') else '_ . -'} ({error.schema['pattern']})")
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         prefix = f"{key}." if error.absolute_path else ""
@@ -287,9 +290,73 @@ def _check_semantics(config: dict) -> None:
     search = config["search"]
     if search["parents"] > search["population"]:
         raise ConfigError("config key 'search.parents': cannot exceed search.population")
+    ft = config["finetune"]
+    if ft["batch_size"] % ft["micro_batch_size"]:
+        raise ConfigError(f"config key 'finetune.micro_batch_size': batch_size ({ft['batch_size']}) must be a "
+                          f"multiple of micro_batch_size ({ft['micro_batch_size']})")
     from longctx import resources as _resources
 
     _resources.check(config)
+    _check_splits(config)
+    _check_evaluation_lengths(config)
+    _check_local_files(config)
+
+
+def _check_splits(config: dict) -> None:
+    """Every split a stage reads is defined in its corpus."""
+    all_variants = variants(config)
+    needs = []  # (config key naming the corpus, corpus, split)
+    if config["model"]["source"] == "pretrain":
+        needs.append(("model.pretrain.corpus", train_corpus(config, "pretrain"), "train"))
+    if any(v.finetune for v in all_variants):
+        needs.append(("finetune.corpus", train_corpus(config, "finetune"), "train"))
+    if any(v.search for v in all_variants):
+        needs.append(("search.split", search_corpus(config), config["search"]["split"]))
+    if config["evaluate"]["perplexity"]["enabled"]:
+        needs.append(("evaluate.perplexity.split", eval_corpus(config), config["evaluate"]["perplexity"]["split"]))
+    for key, corpus, split in needs:
+        defined = config["corpora"][corpus]["splits"]
+        if split not in defined:
+            raise ConfigError(f"config key '{key}': corpus {corpus!r} has no split {split!r} "
+                              f"(its splits: {', '.join(sorted(defined)) or 'none'}; see corpora.{corpus}.splits)")
+
+
+def _check_evaluation_lengths(config: dict) -> None:
+    """Each evaluation's lengths leave room for its shortest prompt (a lower bound, before any tokenizer)."""
+    from longctx.evaluate import plan
+
+    for name in plan.enabled_evaluations(config):
+        fewest = plan.min_length(config, name)
+        short = [n for n in plan.lengths_for(config, name) if n < fewest]
+        if short:
+            raise ConfigError(f"config key 'evaluate.{plan.section_of(name)}': length {short[0]} is below what "
+                              f"{name} needs (at least {fewest} tokens for its prompt and answer); evaluate it at "
+                              f"longer lengths (its `lengths`, or evaluate.lengths)")
+
+
+def _check_local_files(config: dict) -> None:
+    """Local corpora exist (paths relative to the working directory). A missing model file or folder
+    (gguf, local) is named by Snakemake itself, before any job: it is an input of the rules that read it."""
+    for name, corpus in config["corpora"].items():
+        if corpus["source"] != "local":
+            continue
+        root = Path(corpus["root"])
+        if not root.is_dir():
+            raise ConfigError(f"config key 'corpora.{name}.root': folder {root} does not exist "
+                              f"(relative paths start at the working directory, {Path.cwd()})")
+        for split, files in corpus["splits"].items():
+            for file in [files] if isinstance(files, str) else files:
+                if not (root / file).is_file():
+                    raise ConfigError(f"config key 'corpora.{name}.splits.{split}': file {root / file} does not exist")
+
+
+def check_cuda_here() -> None:
+    """``device: cuda`` for jobs that run on this machine: it must have a CUDA GPU (checked before any job)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("config key 'device': 'cuda', but this machine has no CUDA GPU and the jobs run here; "
+                          "use device: auto (or cpu), or submit to a cluster (--profile slurm)")
 
 
 def stage_resources(config: dict, stage: str):

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from longctx.io import atomic_path, read_json, write_json
+from longctx.io import ArtifactError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,25 @@ def iter_documents(corpus: dict, split: str, base_dir: str | Path = ".") -> Iter
         raise DataError(f"corpus has no split {split!r} (splits: {sorted(corpus['splits'])})")
     spec = corpus["splits"][split]
     if corpus["source"] == "local":
-        yield from _iter_local(Path(base_dir) / corpus["root"], spec, corpus["documents"])
+        yield from _iter_local(Path(base_dir) / corpus["root"], spec, corpus["documents"],
+                               corpus.get("encoding", "utf-8"))
     else:
         yield from _iter_hub(corpus, spec)
 
 
-def _iter_local(root: Path, files, documents: str):
+def _iter_local(root: Path, files, documents: str, encoding: str = "utf-8"):
     files = [files] if isinstance(files, str) else files
     for name in files:
         path = root / name
         if not path.is_file():
             raise DataError(f"corpus file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding=encoding)
+        except UnicodeDecodeError as e:
+            raise DataError(f"corpus file {path} is not {encoding} text ({e}); set the corpus' `encoding` "
+                            f"(e.g. encoding: latin-1)") from None
+        except LookupError:
+            raise DataError(f"corpus file {path}: unknown encoding {encoding!r} (the corpus' `encoding`)") from None
         if documents == "file":
             yield path.stem, text
             continue
@@ -205,7 +212,14 @@ class TokenFile:
                 raise DataError(f"token file {prefix.with_suffix(suffix)} is missing; run the prepare stage")
         meta = read_json(prefix.with_suffix(".json"))
         tokens = np.memmap(prefix.with_suffix(".bin"), dtype=np.dtype(meta["dtype"]), mode="r")
-        bounds = np.load(prefix.with_suffix(".idx.npy"))
+        try:
+            bounds = np.load(prefix.with_suffix(".idx.npy"), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ArtifactError(f"{prefix.with_suffix('.idx.npy')} is corrupt ({e}); delete the token files "
+                                f"{prefix}.* and rerun, which rebuilds them") from None
+        if bounds.ndim != 2 or (len(bounds) and int(bounds.max()) > len(tokens)):
+            raise ArtifactError(f"{prefix}: the document index does not fit the token file (cut short?); delete "
+                                f"{prefix}.* and rerun, which rebuilds them")
         return cls(prefix, tokens, bounds, meta)
 
     def __len__(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from longctx.generation import batched_greedy_generate
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -31,12 +30,19 @@ def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
 def answer_prompts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, *, batch_size: int = 16,
                    batch_tokens: int = 32768) -> list[str]:
     """Greedy answers (decoded text) to token-id prompts, batched where lengths allow."""
+    from longctx.generation import batched_greedy_generate  # torch: imported when answers are generated
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     new = batched_greedy_generate(model, prompts, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                   pad_token_id=pad, max_batch_size=batch_size, max_batch_tokens=batch_tokens)
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in new]
+
+
+def words(text: str) -> int:
+    """Whitespace-separated words: a lower bound of a text's tokens for tokenizers that split on
+    whitespace first (byte-level BPE, SentencePiece), used to check lengths before any tokenizer exists."""
+    return len(text.split())
 
 
 def first_integer(text: str) -> int | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from longctx.evaluate.common import answer_prompts, encode
 from longctx.evaluate.registry import EvaluationError, register
 
@@ -85,6 +83,8 @@ def finetune_examples(tokenizer, rows: list[dict], max_length: int, max_document
 def collate_summaries(examples: list[dict], pad_token_id: int) -> dict:
     """Right-padded batch: ``input_ids``, ``labels`` (-100 on padding) and ``attention_mask`` tensors."""
     width = max(len(e["input_ids"]) for e in examples)
+    import torch
+
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -107,6 +107,11 @@ def rouge(predictions: list[str], references: list[str]) -> dict:
         for k in totals:
             totals[k] += scores[k].fmeasure
     return {k: 100 * v / max(len(predictions), 1) for k, v in totals.items()}
+
+
+def min_length(max_new_tokens: int = 512, **_) -> int:
+    """A prompt of at least a token, and the summary."""
+    return max_new_tokens + 1
 
 
 @register("govreport")

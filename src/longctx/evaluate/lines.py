@@ -19,7 +19,7 @@ import random
 import re
 import time
 
-from longctx.evaluate.common import answer_prompts, encode_prompt, first_integer
+from longctx.evaluate.common import answer_prompts, encode_prompt, first_integer, words
 from longctx.evaluate.registry import EvaluationError, register
 
 HUB_PATH = "abacusai/LongChat-Lines"
@@ -92,6 +92,12 @@ def prompt_ids(tokenizer, example: dict, template: str, chat: bool = False) -> l
     """Token ids of an example's prompt through ``template`` ({prompt}, {line}), maybe as a chat turn."""
     text = template.format(prompt=example["prompt"], line=example.get("line") or query_line(example["prompt"]))
     return encode_prompt(tokenizer, text, chat)
+
+
+def min_length(max_new_tokens: int = 15, prompt_template: str = "{prompt}\n{line}", **_) -> int:
+    """Fewest tokens a one-line prompt and its answer can take (a token a word at least)."""
+    one_line = HEADER + LINE.format(name="x", number=1) + QUESTION.format(name="x")
+    return words(prompt_template.replace("{prompt}", one_line).replace("{line}", "x")) + max_new_tokens
 
 
 def lines_that_fit(tokenizer, length: int, template: str, reserve: int, seed: int, chat: bool = False) -> int:

@@ -12,7 +12,7 @@ import random
 import time
 from collections import defaultdict
 
-from longctx.evaluate.common import answer_prompts, encode, first_integer
+from longctx.evaluate.common import answer_prompts, encode, first_integer, words
 from longctx.evaluate.plan import grid_lengths  # noqa: F401  (PI's grid of lengths, for k_max)
 from longctx.evaluate.registry import EvaluationError, register
 
@@ -21,6 +21,12 @@ TASK = ("There is an important info hidden inside a lot of irrelevant text. Find
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
+
+
+def min_length(**_) -> int:
+    """Fewest tokens a prompt can have (task, key, question and one filler sentence, a token a word at
+    least, plus BOS): what the config is checked against before any job."""
+    return words(TASK + NEEDLE.format(key=10000) + QUESTION + FILLER) + 2
 
 
 def build_prompt(tokenizer, length: int, key: int, depth: float) -> list[int]:

@@ -17,7 +17,8 @@ def grid_lengths(max_length: int, points: int = 32) -> list[int]:
     return sorted({int(round(max_length * (k + 1) / points)) for k in range(points)})
 
 
-def _section(name: str) -> str:
+def section_of(name: str) -> str:
+    """The config section (``evaluate.<section>``) an evaluation is set in."""
     return "wikiqa" if name.startswith("wikiqa_") else name
 
 
@@ -25,7 +26,7 @@ def enabled_evaluations(config: dict) -> list[str]:
     ev = config["evaluate"]
     out = []
     for name in ORDER:
-        section = ev[_section(name)]
+        section = ev[section_of(name)]
         if not section["enabled"]:
             continue
         if name.startswith("wikiqa_") and name.removeprefix("wikiqa_") not in section["tasks"]:
@@ -39,7 +40,7 @@ def lengths_for(config: dict, name: str) -> list[int]:
     ev = config["evaluate"]
     if name == "harness":
         return [original_context(config)]  # short benchmarks: inside the original window
-    section = ev[_section(name)]
+    section = ev[section_of(name)]
     if section.get("lengths"):
         return sorted(set(section["lengths"]))
     if name == "passkey" and section["grid_points"]:
@@ -55,7 +56,7 @@ def settings_for(config: dict, name: str) -> dict:
         drop |= {"corpus", "split"}  # the token files come as --data
     if name.startswith("wikiqa_"):
         drop |= {"tasks"}
-    section = {k: v for k, v in ev[_section(name)].items() if k not in drop}
+    section = {k: v for k, v in ev[section_of(name)].items() if k not in drop}
     if name == "passkey":
         section["trials_per_length"] = section.pop("trials")
     if name.startswith("wikiqa_"):
@@ -66,3 +67,12 @@ def settings_for(config: dict, name: str) -> dict:
         for key, value in ev["generation"].items():
             section.setdefault(key, value)
     return section
+
+
+def min_length(config: dict, name: str) -> int:
+    """A lower bound of the tokens one of the evaluation's prompts and its answer take (0: none known)."""
+    import importlib
+
+    module = importlib.import_module(f"longctx.evaluate.{section_of(name)}")
+    fewest = getattr(module, "min_length", None)
+    return fewest(**settings_for(config, name)) if fewest else 0
