@@ -125,3 +125,13 @@ def test_too_few_long_documents_is_an_error_naming_the_key():
     many = [9000] * 20
     assert pick_documents(many, 8192, 5, seed=1, where="x") == pick_documents(many, 8192, 5, seed=1, where="x")
     assert pick_documents(many, 8192, 5, seed=1, where="x") != pick_documents(many, 8192, 5, seed=2, where="x")
+
+
+def test_a_search_where_every_candidate_diverges_fails_instead_of_returning_factors(tmp_path):
+    from longctx.search import SearchError
+
+    space = space_for(GEOMETRY, 4.0, SETTINGS)
+    with pytest.raises(SearchError, match="every candidate of iteration 1 diverged"):
+        evolutionary_search(lambda n_hat, factors: float("nan"), space, list(seed_factors(GEOMETRY, 4.0).values()),
+                            SETTINGS, seed=3, log_path=tmp_path / "log.jsonl")
+    assert "NaN" not in (tmp_path / "log.jsonl").read_text()

@@ -45,7 +45,7 @@ def run(tmp_path, name, rows, early_abandon, seed=5, fitness=None):
     log = tmp_path / f"{name}.jsonl"
     result = evolutionary_search(fitness, space, list(seed_factors(GEOMETRY, 4.0).values()), SETTINGS, seed, log,
                                  early_abandon=early_abandon)
-    rows_logged = [json.loads(line) for line in log.read_text().splitlines()]
+    rows_logged = [r for r in map(json.loads, log.read_text().splitlines()) if r["type"] == "candidate"]
     return result, rows_logged, fitness
 
 

@@ -114,3 +114,60 @@ def test_too_little_data_is_a_clear_error(tmp_path):
     data = token_file(tmp_path, n=20)
     with pytest.raises(Exception, match="fewer than one sequence of 32"):
         train(tiny_llama(), data, settings(), tmp_path / "out", tmp_path / "w")
+
+
+def test_a_huge_learning_rate_stops_before_any_non_finite_weights_are_saved(tmp_path):
+    data = token_file(tmp_path)
+    s = settings(steps=30, checkpoint_every=1, lr=1e5, warmup_steps=0, grad_clip=0)
+    with pytest.raises(TrainingError, match=r"diverged at step \d+: the (gradient norm|loss) is nan.*kept"):
+        train(tiny_llama(), data, s, tmp_path / "out", tmp_path / "w")
+    assert not (tmp_path / "out").exists()
+    kept = list((tmp_path / "w").rglob("*.safetensors"))
+    assert kept, "the checkpoint of the last good step stays"
+    for f in kept:
+        for name, t in load_file(f).items():
+            assert torch.isfinite(t.float()).all(), (f.name, name)
+
+
+class Payload:
+    """Unpickling this touches a file: what a planted checkpoint file would do to a job that loads it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_in_the_checkpoint_is_never_executed_and_the_resume_still_works(tmp_path):
+    import pickle
+
+    data = token_file(tmp_path)
+    s = settings(steps=8, checkpoint_every=3)
+    train(tiny_llama(), data, s, tmp_path / "straight", tmp_path / "work_a")
+    with killed_after_checkpoint(6):
+        train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
+    ckpt = tmp_path / "work_b" / "checkpoint"
+    marker = tmp_path / "pwned"
+    for name in ("state/custom_checkpoint_0.pkl", "state/random_states_0.pkl", "state/optimizer.bin",
+                 "state/scheduler.bin", "custom_checkpoint_0.pkl", "optimizer.bin"):
+        (ckpt / name).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / name).write_bytes(pickle.dumps(Payload(marker)))
+    train(tiny_llama(), data, s, tmp_path / "resumed", tmp_path / "work_b")
+    assert not marker.exists()
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_in_accelerates_pickled_format_is_set_aside_not_loaded(tmp_path):
+    import pickle
+
+    data = token_file(tmp_path)
+    ckpt = tmp_path / "w" / "checkpoint"
+    (ckpt / "state").mkdir(parents=True)
+    write_json(ckpt / "progress.json", {"step": 3, "position": 12, "settings": {}})
+    marker = tmp_path / "pwned"
+    (ckpt / "state" / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    summary = train(tiny_llama(), data, settings(steps=4), tmp_path / "out", tmp_path / "w")
+    assert summary["steps"] == 4 and not marker.exists()
+    assert list((tmp_path / "w").glob("checkpoint.set-aside-*"))

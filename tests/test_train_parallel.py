@@ -160,7 +160,7 @@ ref_loss.backward()
 assert abs(float(logged) - float(ref_logged)) < 1e-5, (float(logged), float(ref_logged))
 for k, p in ref_module.named_parameters():
     assert torch.allclose(grads[k], p.grad, rtol=1e-4, atol=1e-7), k
-print("sharded", type(module).__name__)
+print(f"sharded {{type(module).__name__}}", flush=True)  # one write: two processes share stdout
 dist.destroy_process_group()
 """
 
@@ -176,3 +176,44 @@ def test_the_loss_module_under_fsdp2_sharding_matches_one_process(tmp_path):
 def test_fsdp_on_cpu_processes_is_refused_rather_than_run_as_ddp(tmp_path):
     with pytest.raises(TrainingError, match="finetune.strategy.*fsdp needs CUDA"):
         Trainer(tiny_llama(), TrainSettings(seq_len=32, steps=1, batch_size=1, strategy="fsdp"), device="cpu")
+
+
+RESUMABLE = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+import longctx.train as train_mod
+from conftest import tiny_llama
+from longctx.train import TrainSettings, train
+real_save = train_mod._save_checkpoint
+
+def save_then_die(trainer, ckpt, step, *args):
+    real_save(trainer, ckpt, step, *args)
+    if step == {kill_at}:
+        sys.exit(3)  # every process dies right after the checkpoint, as a killed job does
+
+train_mod._save_checkpoint = save_then_die
+train(tiny_llama(), {data!r}, TrainSettings(**json.loads({settings!r})), {out!r}, {work!r}, device="cpu")
+"""
+
+
+def test_two_data_parallel_processes_resume_from_a_checkpoint_to_the_same_weights(tmp_path):
+    """DDP on 2 gloo processes: the checkpoint gathers on the main process and is broadcast back."""
+    data = documents_token_file(tmp_path)
+    settings = json.dumps(dict(seq_len=32, steps=6, batch_size=4, micro_batch_size=1, lr=3e-3, warmup_steps=1,
+                               checkpoint_every=2, log_every=1))
+
+    def run(out, work, kill_at=None):
+        script = tmp_path / f"{out}.py"
+        script.write_text(RESUMABLE.format(tests=str(TESTS), settings=settings, data=str(data), kill_at=kill_at,
+                                           out=str(tmp_path / out), work=str(tmp_path / work)))
+        return torchrun(script)
+
+    assert run("straight", "w1").returncode == 0
+    assert run("resumed", "w2", kill_at=4).returncode != 0
+    assert json.loads((tmp_path / "w2" / "checkpoint" / "progress.json").read_text())["step"] == 4
+    done = run("resumed", "w2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr and not list((tmp_path / "w2").glob("*set-aside*"))
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,4 +1,5 @@
-"""Small I/O helpers: atomic writes, so a killed job never leaves a half-written output."""
+"""Small I/O helpers: atomic writes, so a killed job never leaves a half-written output; JSON that
+never holds a non-finite number; a corrupt artifact named by its path, with what to delete."""
 
 from __future__ import annotations
 
@@ -43,13 +44,28 @@ def atomic_dir(path: str | Path):
             shutil.rmtree(tmp)
 
 
+class ArtifactError(ValueError):
+    """An artifact on disk cannot be read (cut short, corrupt); the message names it and what to delete."""
+
+
 def write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as JSON, atomically; a NaN or infinity anywhere in it is an error, not a result."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"not writing {path}: it would hold a non-finite number ({e})") from None
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    """Read a JSON artifact; a corrupt one is an ``ArtifactError`` naming the file to delete."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt (not valid JSON: {e}); delete it and rerun, which "
+                            f"rebuilds it") from None
 
 
 def _jsonable(x):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from longctx.config import source_model_path
-from longctx.io import atomic_dir
+from longctx.io import ArtifactError, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def _source_kwargs(model_cfg: dict) -> tuple[str, dict]:
     kwargs = {"trust_remote_code": bool(model_cfg["trust_remote_code"])}
     if source == "hub" and model_cfg["revision"]:
         kwargs["revision"] = model_cfg["revision"]
+    if source in ("hub", "local"):
+        kwargs["use_safetensors"] = True  # never a pickled pytorch_model.bin
     if source == "local" and not Path(where).is_dir():
         raise FileNotFoundError(f"config key 'model.name_or_path': local model folder {where} does not exist")
     if source == "gguf":
@@ -72,6 +74,7 @@ def prepare_tokenizer(config: dict, out_dir: str | Path, base_dir: str | Path = 
             from transformers import AutoTokenizer
 
             where, kwargs = _source_kwargs(model_cfg)
+            kwargs.pop("use_safetensors", None)
             AutoTokenizer.from_pretrained(where, **kwargs).save_pretrained(tmp)
 
 
@@ -138,8 +141,14 @@ def load_model(path, device="cpu", dtype: str | None = None, trust_remote_code: 
     import longctx.rope  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     kwargs = {"dtype": DTYPES[dtype]} if dtype else {"dtype": "auto"}
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except SafetensorError as e:  # cut short or overwritten: a partial copy, a full disk
+        raise ArtifactError(f"model folder {path}: its safetensors weights are corrupt ({e}); delete the folder "
+                            f"and rerun, which rebuilds it") from None
     return model.to(device).eval()

@@ -8,7 +8,9 @@ length on validation documents (lower is better).
 
 Every evaluated candidate is appended to a log; a rerun replays the same seeded algorithm and
 takes fitness from the log instead of recomputing, so a killed search resumes and ends with the
-same result as one that was never interrupted.
+same result as one that was never interrupted. The log's first line holds the fingerprint of what
+determines the scores (model, fitness documents, task, settings, seed; ``longctx.provenance``): a
+log made from anything else is set aside, never mixed in.
 
 Early abandoning: a candidate's documents are scored one group at a time, and once the part
 already scored shows the candidate cannot enter the top ``parents`` of its population, the rest
@@ -32,6 +34,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from longctx import provenance
+from longctx.io import ArtifactError
 from longctx.rope import RopeGeometry, build_rope_parameters, inverse_frequencies
 
 log = logging.getLogger(__name__)
@@ -244,10 +248,17 @@ def crossover(a: Individual, b: Individual, rng: random.Random, prob: float) -> 
 
 
 class FitnessLog:
-    """Append-only record of evaluated candidates; what makes a search resumable."""
+    """Append-only record of evaluated candidates; what makes a search resumable.
 
-    def __init__(self, path: Path):
+    Its first line is ``{"type": "fingerprint", ...}``: the digests of what determines the scores.
+    An existing log is read only when that line matches ``fingerprint`` exactly; otherwise (another
+    model, other documents or settings, a log of an older version without the line) it is set
+    aside and the search starts a new one. A diverged candidate (non-finite perplexity) is logged
+    with ``"perplexity": null, "diverged": true`` and read back as infinitely bad."""
+
+    def __init__(self, path: Path, fingerprint: dict | None = None):
         self.path = Path(path)
+        self.fingerprint = dict(fingerprint or {})
         self.known: dict[str, Score] = {}
         if self.path.exists():
             text = self.path.read_text()
@@ -255,14 +266,30 @@ class FitnessLog:
                 # a kill cut the last line: drop it, so later records start on a line of their own
                 text = text[: text.rfind("\n") + 1]
                 self.path.write_text(text)
-            for line in text.splitlines():
-                row = json.loads(line)
-                if row.get("type") == "candidate":
-                    self.known[row["key"]] = Score(row["perplexity"], row.get("complete", True), row.get("documents"))
+            rows = [self._parse(n, line) for n, line in enumerate(text.splitlines(), 1)]
+            head = rows[0] if rows and rows[0].get("type") == "fingerprint" else None
+            changed = provenance.changed(head.get("digests") if head else None, self.fingerprint)
+            if changed:
+                provenance.set_aside(self.path, f"search log made from other inputs (changed: {', '.join(changed)})")
+            else:
+                for row in rows:
+                    if row.get("type") == "candidate":
+                        value = float("inf") if row.get("diverged") else row["perplexity"]
+                        self.known[row["key"]] = Score(value, row.get("complete", True), row.get("documents"))
+        if not self.path.exists():
+            self.record({"type": "fingerprint", "digests": self.fingerprint})
+
+    def _parse(self, number: int, line: str) -> dict:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{self.path}, line {number}, is corrupt ({e}); delete the file to search "
+                                f"from scratch") from None
 
     def record(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
 
 def key_of(ind: Individual) -> str:
@@ -281,10 +308,13 @@ def cutoff_before(scores: list, position: int, parents: int) -> float | None:
 
 
 def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], settings: dict, seed: int,
-                        log_path: Path, progress: Callable | None = None, early_abandon: bool = True) -> dict:
+                        log_path: Path, progress: Callable | None = None, early_abandon: bool = True,
+                        fitness_inputs: dict | None = None) -> dict:
     """Run Algorithm 1 and return the best candidate and the history.
 
-    ``fitness`` is a ``Fitness`` or a plain ``fitness(n_hat, factors) -> perplexity``.
+    ``fitness`` is a ``Fitness`` or a plain ``fitness(n_hat, factors) -> perplexity``;
+    ``fitness_inputs`` are digests of what the fitness depends on (model, documents, task), which
+    with the space, seeds, settings and seed fingerprint the log (``FitnessLog``).
 
     Early abandoning keeps the survivors exact: a candidate is only abandoned when a lower bound
     of its perplexity is >= the ``parents``-th best complete score *before* it in its population
@@ -298,7 +328,9 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
         fitness = CallableFitness(fitness)
     batch = max(1, int(getattr(fitness, "batch", 1)))
     rng = random.Random(seed)
-    book = FitnessLog(log_path)
+    fingerprint = {**(fitness_inputs or {}), "algorithm": provenance.digest(
+        {"space": vars(space), "seeds": seeds, "settings": settings, "seed": seed, "early_abandon": early_abandon})}
+    book = FitnessLog(log_path, fingerprint)
     resumed = len(book.known)
     evaluated: dict[str, Score] = {}
     started = time.time()
@@ -329,9 +361,11 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
                     res = book.known[k]
                 else:
                     value = float(res.perplexity)
-                    res = Score(value if math.isfinite(value) else float("inf"), res.complete, res.documents)
+                    diverged = not math.isfinite(value)
+                    res = Score(float("inf") if diverged else value, res.complete, res.documents)
                     book.record({"type": "candidate", "key": k, "n_hat": population[i][0],
-                                 "factors": space.factors(population[i]), "perplexity": res.perplexity,
+                                 "factors": space.factors(population[i]),
+                                 "perplexity": None if diverged else value, "diverged": diverged,
                                  "complete": res.complete, "documents": res.documents})
                 evaluated[k] = res
                 scores[i] = res
@@ -375,8 +409,11 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
         scores = score_population(population)
         best = min(range(len(population)), key=lambda i: scores[i].perplexity)
         finite = [s.perplexity for s in scores if s.complete and math.isfinite(s.perplexity)]
+        if not finite:
+            raise SearchError(f"every candidate of iteration {it + 1} diverged (non-finite perplexity): the model "
+                              f"or its data is broken; see {log_path}")
         row = {"iteration": it + 1, "best_perplexity": scores[best].perplexity,
-               "mean_perplexity": sum(finite) / len(finite) if finite else float("nan"),
+               "mean_perplexity": sum(finite) / len(finite),
                "evaluated": len(evaluated), "abandoned": sum(not s.complete for s in evaluated.values()),
                "best_n_hat": population[best][0], "best_factors": space.factors(population[best]),
                "seconds": time.time() - started}
@@ -567,9 +604,13 @@ def run_search(model, windows, task: SearchTask, settings: dict, seed: int, log_
     fitness = PerplexityFitness(model, windows, task, batch_tokens=settings.get("batch_tokens", 32768),
                                 chunk_size=chunk_size, sdpa_backend=settings.get("sdpa_backend"),
                                 compile=settings.get("compile", False))
+    inputs = {"model": provenance.model_digest(model), "documents": provenance.tensors_digest([("windows", windows)]),
+              "task": provenance.digest({k: v for k, v in vars(task).items() if k != "space"}),
+              "fitness": provenance.digest({"chunk_size": chunk_size})}
     started = time.time()
     result = evolutionary_search(fitness, task.space, list(task.seeds.values()), settings, seed, Path(log_path),
-                                 progress=progress, early_abandon=settings.get("early_abandon", True))
+                                 progress=progress, early_abandon=settings.get("early_abandon", True),
+                                 fitness_inputs=inputs)
     seconds = time.time() - started
     fresh = result["evaluated"] - result["resumed_from_log"]
     result["timing"] = {"seconds": seconds, "forwards": fitness.forwards, "tokens": fitness.tokens,

@@ -4,8 +4,12 @@ Launched through accelerate (a plain ``python -m longctx ...`` is a single proce
 launch`` or torchrun spreads it, see ``longctx.launch``). Packed sequences of the target length come
 from the token stream (BOS/EOS between documents) in a seeded order; the loss is the chunked LM-head
 loss (``longctx.loss``: full logits never exist); checkpoints hold model, optimizer, scheduler, RNG
-(accelerate's ``save_state``) and the data position, so a killed job restarts where it stopped and
-ends with the same weights.
+and the data position in safetensors and JSON (``longctx.checkpoint``), so a killed job restarts
+where it stopped and ends with the same weights. A checkpoint records the fingerprint of the run's
+inputs (starting weights and RoPE, data, settings, processes; ``longctx.provenance``) and is
+resumed only on an exact match; otherwise it is set aside and the run starts fresh. A step whose
+gradients or loss are not finite stops the run before the optimizer applies it, and no checkpoint
+or model is written with a non-finite parameter.
 
 What a run uses, all from the ``finetune`` config section (``TrainSettings``):
 
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 
 from longctx import attention as attn
-from longctx import parallel
+from longctx import checkpoint, parallel, provenance
 from longctx.data import DataError, TokenFile
 from longctx.io import atomic_dir, read_json, write_json
 from longctx.loss import causal_lm_nll
@@ -351,7 +355,6 @@ class Trainer:
             self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
         except torch.OutOfMemoryError as e:  # the weights alone do not fit
             raise TrainingError(oom_message(s, self.backend)) from e
-        acc.register_for_checkpointing(self.scheduler)
         self.tokens_per_step = s.batch_size * s.seq_len * self.sp.dp_size
 
     # --- one step -------------------------------------------------------------------------------
@@ -366,9 +369,11 @@ class Trainer:
         return inputs
 
     def step(self, micro_batches: list[dict]) -> tuple[float, float]:
-        """One optimizer step over ``accum`` micro-batches; returns (mean loss, gradient norm)."""
+        """One optimizer step over ``accum`` micro-batches; returns (mean loss, gradient norm or None
+        where the strategy does not report it). Raises ``Divergence`` on a non-finite gradient norm,
+        before the weights change."""
         acc, s = self.accelerator, self.settings
-        total, grad_norm = 0.0, float("nan")
+        total, grad_norm = 0.0, None
         try:
             for inputs in micro_batches:
                 with acc.accumulate(self.loss_module):
@@ -376,6 +381,9 @@ class Trainer:
                     acc.backward(loss)
                     if acc.sync_gradients:
                         grad_norm = _grad_norm(acc, self.loss_module, s.grad_clip)
+                        if grad_norm is not None and not math.isfinite(grad_norm):
+                            # stop before the optimizer turns the weights into NaN
+                            raise Divergence(f"the gradient norm is {grad_norm}")
                     self.optimizer.step()
                     if acc.sync_gradients:
                         self.scheduler.step()
@@ -387,18 +395,44 @@ class Trainer:
 
     # --- saving ---------------------------------------------------------------------------------
 
-    def save_checkpoint(self, ckpt: Path, step: int, position: int) -> None:
-        _save_checkpoint(self.accelerator, ckpt, step, position, self.settings)
+    def save_checkpoint(self, ckpt: Path, step: int, position: int, fingerprint: dict) -> None:
+        _save_checkpoint(self, ckpt, step, position, fingerprint)
 
-    def load_checkpoint(self, ckpt: Path) -> tuple[int, int]:
-        progress = read_json(ckpt / "progress.json")
-        if progress["settings"] != _comparable(self.settings):
-            raise TrainingError(
-                f"checkpoint {ckpt} was made with other settings; delete it to start over "
-                f"(was {progress['settings']}, now {_comparable(self.settings)})"
-            )
-        self.accelerator.load_state(str(ckpt / "state"))
+    def resume(self, ckpt: Path, fingerprint: dict) -> tuple[int, int]:
+        """(step, data position) to start from: the checkpoint's when it was made from exactly these
+        inputs (``fingerprint``), else (0, 0) with the checkpoint set aside."""
+        acc = self.accelerator
+        progress = checkpoint.read_progress(ckpt)
+        if progress is None:
+            return 0, 0
+        why = None
+        if progress.get("format") != checkpoint.FORMAT:
+            why = "it is in an older format (accelerate's pickled state), which is never loaded"
+        elif not checkpoint.resumable(self.settings.strategy):
+            why = f"strategy {self.settings.strategy} is not resumed (its optimizer state needs pickle)"
+        elif changed := provenance.changed(progress.get("fingerprint"), fingerprint):
+            why = f"it was made from other inputs (changed: {', '.join(changed)})"
+        acc.wait_for_everyone()  # every process has read the checkpoint before it moves
+        if why is not None:
+            if acc.is_main_process:
+                provenance.set_aside(ckpt, f"checkpoint not resumed: {why}")
+                metrics = ckpt.parent / "metrics.jsonl"
+                if metrics.exists():
+                    provenance.set_aside(metrics, "its run is set aside")
+            acc.wait_for_everyone()
+            return 0, 0
+        checkpoint.load_training_state(ckpt, self.loss_module, self.optimizer.optimizer, self.scheduler,
+                                       rank=acc.process_index, distributed=acc.num_processes > 1)
         return progress["step"], progress["position"]
+
+    def check_finite(self, step: int) -> None:
+        """Raise ``Divergence`` when a parameter is NaN or infinite (every process takes part)."""
+        bad = sum(int((~torch.isfinite(_local(p))).sum()) for p in self.loss_module.parameters())
+        bad = torch.tensor([float(bad)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item():
+            raise Divergence(f"{int(bad.item())} parameter values are not finite after step {step}")
 
     def save_model(self, out_dir) -> None:
         """The trained model as a plain HF folder (LoRA: merged weights, adapter in ``adapter/``), atomically."""
@@ -466,11 +500,19 @@ def _check(s: TrainSettings) -> None:
                             "(the all-to-all is not traced)")
 
 
-def _grad_norm(accelerator, module, clip: float) -> float:
-    # (DeepSpeed clips inside its engine, by gradient_clipping in its JSON, and reports the norm)
+class Divergence(TrainingError):
+    """Training produced a non-finite loss, gradient or parameter."""
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if hasattr(p, "to_local") else p  # an FSDP2 DTensor: this process's shard
+
+
+def _grad_norm(accelerator, module, clip: float) -> float | None:
+    # (DeepSpeed clips inside its engine, by gradient_clipping in its JSON, and reports no norm here)
     norm = accelerator.clip_grad_norm_(module.parameters(), clip if clip > 0 else float("inf"))
     if norm is None:
-        return float("nan")
+        return None
     if hasattr(norm, "full_tensor"):  # an FSDP2 DTensor
         norm = norm.full_tensor()
     return float(norm)
@@ -538,13 +580,17 @@ def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracke
     data = PackedSequences.from_token_file(TokenFile.open(data_prefix), s.seq_len, s.seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    # what determines the run, taken before the trainer casts or wraps the model
+    fingerprint = {"model": provenance.model_digest(model), "data": provenance.token_file_digest(data_prefix),
+                   "settings": provenance.digest(_comparable(s))}
     trainer = Trainer(model, s, device=device, work_dir=work_dir, base_model_path=base_model_path)
     acc, sp = trainer.accelerator, trainer.sp
+    fingerprint["processes"] = acc.num_processes  # the data each process reads depends on it
 
-    step, position = 0, 0
     ckpt = work_dir / "checkpoint"
-    if (ckpt / "progress.json").exists():
-        step, position = trainer.load_checkpoint(ckpt)
+    step, position = trainer.resume(ckpt, fingerprint)
+    last_checkpoint = step or None
+    if step:
         log.info("resumed from %s at step %d (data position %d)", ckpt, step, position)
 
     metrics_path = work_dir / "metrics.jsonl"
@@ -567,12 +613,13 @@ def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracke
             index = position + sp.dp_rank * s.micro_batch_size
             micro_batches.append(trainer.micro_batch_inputs(data.packed(index, s.micro_batch_size), index))
             position += s.micro_batch_size * sp.dp_size
-        total_loss, grad_norm = trainer.step(micro_batches)
+        try:
+            total_loss, grad_norm = trainer.step(micro_batches)
+            if not math.isfinite(total_loss):
+                raise Divergence(f"the loss is {total_loss}")
+        except Divergence as e:
+            raise _diverged(e, step + 1, last_checkpoint, ckpt) from None
         step += 1
-        if not math.isfinite(total_loss):
-            raise TrainingError(
-                f"loss is {total_loss} at step {step}: training diverged; the last good checkpoint is kept in {ckpt}"
-            )
         if step % s.log_every == 0 or step == s.steps:
             now = time.time()
             steps_done = step - start_step
@@ -590,17 +637,21 @@ def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracke
                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                 "attention": trainer.backend,
             }
-            log.info("step %d/%d loss %.4f lr %.2e grad %.3f %.0f tokens/s ETA %.0fs", step, s.steps,
-                     total_loss, last["lr"], last["grad_norm"], tok_s, eta)
+            log.info("step %d/%d loss %.4f lr %.2e grad %s %.0f tokens/s ETA %.0fs", step, s.steps, total_loss,
+                     last["lr"], "-" if grad_norm is None else f"{grad_norm:.3f}", tok_s, eta)
             if acc.is_main_process:
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
+                    f.write(json.dumps(last, allow_nan=False) + "\n")
             if tracker is not None:
                 tracker.log({f"train/{k}": v for k, v in last.items()
                              if isinstance(v, (int, float)) and k != "step"}, step=step)
         if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
-            trainer.save_checkpoint(ckpt, step, position)
+            _check_before_saving(trainer, step, last_checkpoint, ckpt)
+            if checkpoint.resumable(s.strategy):
+                trainer.save_checkpoint(ckpt, step, position, fingerprint)
+                last_checkpoint = step
 
+    _check_before_saving(trainer, step, last_checkpoint, ckpt)
     trainer.save_model(out_dir)
     summary = {"steps": step, "final_loss": last.get("loss"), "flops_per_token": fpt,
                "flop_convention": FLOP_CONVENTION, "attention": trainer.backend, "precision": trainer.precision,
@@ -624,16 +675,36 @@ def _comparable(settings: TrainSettings) -> dict:
     return d
 
 
-def _save_checkpoint(accelerator, ckpt: Path, step: int, position: int, settings: TrainSettings) -> None:
+def _diverged(error: Divergence, step: int, last_checkpoint: int | None, ckpt: Path) -> Divergence:
+    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {ckpt}" if last_checkpoint
+            else "no checkpoint was kept")
+    return Divergence(f"training diverged at step {step}: {error}; nothing was saved from it, {kept}; "
+                      f"lower the learning rate or raise warmup_steps")
+
+
+def _check_before_saving(trainer: Trainer, step: int, last_checkpoint: int | None, ckpt: Path) -> None:
+    try:
+        trainer.check_finite(step)
+    except Divergence as e:
+        raise _diverged(e, step, last_checkpoint, ckpt) from None
+
+
+def _save_checkpoint(trainer: Trainer, ckpt: Path, step: int, position: int, fingerprint: dict) -> None:
     """Write the checkpoint beside the old one, then swap, so a kill mid-save keeps the last good one."""
+    accelerator = trainer.accelerator
     tmp = ckpt.with_name(ckpt.name + ".new")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
+    if accelerator.is_main_process:
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    checkpoint.save_training_state(tmp, trainer.loss_module, trainer.optimizer.optimizer, trainer.scheduler,
+                                   rank=accelerator.process_index, distributed=accelerator.num_processes > 1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / "progress.json", {"step": step, "position": position, "settings": _comparable(settings)})
+        checkpoint.write_progress(tmp, step=step, position=position, settings=_comparable(trainer.settings),
+                                  fingerprint=fingerprint)
         old = ckpt.with_name(ckpt.name + ".old")
         if ckpt.exists():
             ckpt.rename(old)
