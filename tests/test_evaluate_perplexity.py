@@ -85,3 +85,27 @@ def test_random_model_perplexity_is_near_the_vocabulary_size(model, token_files)
     result = ppl(model, token_files, N)
     vocab = model.config.vocab_size
     assert 0.5 * vocab < result["metrics"]["perplexity"] < 2 * vocab
+
+
+def test_corrupted_weights_are_recorded_as_diverged_never_as_a_nan_result(tmp_path, token_files, austen_tokenizer):
+    import json
+
+    import torch
+
+    from longctx import stages
+    from longctx.data import load_tokenizer as tokenizer_of
+
+    broken = tiny_llama(vocab_size=len(tokenizer_of(austen_tokenizer)), context=N)
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    broken.save_pretrained(tmp_path / "model")
+    tokenizer_of(austen_tokenizer).save_pretrained(tmp_path / "model")
+    variant = {"name": "broken", "method": "none", "scale": 1.0, "params": {}, "finetune": False, "search": False}
+    run = {"experiment": "t", "model_source": "local", "model": "m", "original_context": N, "seed": 0}
+    out = tmp_path / "perplexity-64.json"
+    stages.stage_evaluate("perplexity", tmp_path / "model", out, variant, N, {}, run, 0, "cpu", token_files)
+
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text  # a strict JSON file, no NaN result
+    result = json.loads(text)
+    assert result["metrics"]["perplexity"] is None and "perplexity" in result["diverged"]

@@ -274,3 +274,20 @@ def test_compare_names_a_missing_experiment(tmp_path):
 
     assert main(["compare", "--summaries", str(tmp_path / "nope" / "summary.csv"),
                  "--out-md", str(tmp_path / "compare.md")]) == 2
+
+
+def test_a_diverged_metric_shows_as_diverged_not_as_missing(tmp_path):
+    root = tmp_path / "results" / "toy"
+    files, _ = make_results(root)
+    broken = root / "eval" / "pi-x4-ft" / "perplexity-8192.json"
+    write_json(broken, {"eval": "perplexity", "length": 8192, "metrics": {"perplexity": None, "nll": None},
+                        "diverged": ["perplexity", "nll"], "variant": "pi-x4-ft"})
+    write_report(files, VARIANTS, RUN, "pg19", root / "report.md", root / "summary.csv", None, root / "plots")
+    row = next(line for line in (root / "report.md").read_text().splitlines() if line.startswith("| pi-x4-ft"))
+    assert "[diverged](eval/pi-x4-ft/perplexity-8192.json)" in row
+    rows = [r for r in read_csv(root / "summary.csv") if r["variant"] == "pi-x4-ft" and r["length"] == 8192
+            and r["eval"] == "perplexity"]
+    assert {(r["metric"], r["value"], r["status"]) for r in rows} == {("perplexity", None, "diverged"),
+                                                                      ("nll", None, "diverged")}
+    # the other cells are unaffected, and the best value at 8192 is still picked among real numbers
+    assert "**[8.90](eval/longrope-x4-search/perplexity-8192.json)**" in (root / "report.md").read_text()

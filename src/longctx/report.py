@@ -1,7 +1,8 @@
 """The local report: summary.csv in long form, report.md and report.html with the papers' tables and plots.
 
 Generic over evaluations: every evaluation JSON with ``metrics`` gets a table by variant x length
-per metric. The first metric of an evaluation's ``metrics`` is its headline metric (a table in
+per metric. A metric an evaluation found non-finite (a diverged model; the JSON lists it under
+``diverged``) is a row with no value and status ``diverged``, shown as "diverged", never as missing. The first metric of an evaluation's ``metrics`` is its headline metric (a table in
 the body, a plot against length); the others follow folded. Every number links to the JSON it came
 from. Where the papers report the same setting (``paper_numbers``), their row sits under the
 variant's, marked as the paper's. ``compare`` puts several experiments' summary.csv side by side.
@@ -26,7 +27,8 @@ from longctx.tracking import variant_stage
 log = logging.getLogger(__name__)
 
 COLUMNS = ["experiment", "model", "variant", "method", "scale", "stage", "eval", "dataset", "length", "metric",
-           "value", "source"]
+           "value", "source", "status"]
+DIVERGED = "diverged"
 _NOT_SETTINGS = {"eval", "length", "variant", "rope", "seconds", "metrics", "dataset"}
 
 
@@ -62,12 +64,18 @@ def collect(results: list[tuple[str, dict]], variants: list[dict], experiment: s
                               f"({', '.join(by_name)})")
         v = by_name[r["variant"]]
         ds = r.get("dataset") or (dataset if r["eval"] == "perplexity" else r["eval"])
+        diverged = set(r.get("diverged") or ())
         for metric, value in r["metrics"].items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if metric in diverged:
+                value, status = None, DIVERGED
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                status = "ok"
+            else:
                 continue
             rows.append({"experiment": experiment, "model": model, "variant": v["name"], "method": v["method"],
                          "scale": v["scale"], "stage": variant_stage(v), "eval": r["eval"], "dataset": ds,
-                         "length": int(r["length"]), "metric": metric, "value": value, "source": path})
+                         "length": int(r["length"]), "metric": metric, "value": value, "source": path,
+                         "status": status})
     return rows
 
 
@@ -85,7 +93,9 @@ def read_csv(path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["length"], r["value"], r["scale"] = int(r["length"]), float(r["value"]), float(r["scale"])
+        r["length"], r["scale"] = int(r["length"]), float(r["scale"])
+        r["value"] = float(r["value"]) if r["value"] not in ("", None) else None
+        r["status"] = r.get("status") or "ok"  # summary.csv files written before the status column
     return rows
 
 
@@ -110,7 +120,7 @@ def metrics_by_eval(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     if isinstance(x, str):
         return x
@@ -139,7 +149,7 @@ class Table:
 
     def best(self, length: int):
         """The best value at ``length``; None when there is nothing to single out (one value, or all equal)."""
-        values = [c["value"] for (v, n), c in self.cells.items() if n == length and math.isfinite(c["value"])]
+        values = [c["value"] for (v, n), c in self.cells.items() if n == length and c["value"] is not None]
         if len(set(values)) < 2:
             return None
         return min(values) if lower_is_better(self.metric) else max(values)
@@ -151,7 +161,8 @@ def k_max_column(table: Table, variants: list[dict]) -> dict:
 
     out = {}
     for v in variants:
-        acc = {n: table.cells[(v["name"], n)]["value"] for n in table.lengths if (v["name"], n) in table.cells}
+        acc = {n: table.cells[(v["name"], n)]["value"] for n in table.lengths
+               if (v["name"], n) in table.cells and table.cells[(v["name"], n)]["value"] is not None}
         if acc:
             k = k_max(acc)
             # link the length that decides k_max: the last one passed, else the first one failed
@@ -183,7 +194,7 @@ def build_table(rows, eval_name, metric, variants, setting: Setting | None) -> T
 
 
 def _cell(value, source, rel_to, bold=False) -> str:
-    text = f"[{_fmt(value)}]({os.path.relpath(source, rel_to)})"
+    text = f"[{_fmt(value) if value is not None else DIVERGED}]({os.path.relpath(source, rel_to)})"
     return f"**{text}**" if bold else text
 
 
@@ -202,7 +213,8 @@ def table_markdown(table: Table, variants: list[dict], rel_to) -> str:
         row = [v["name"], v["method"], _fmt(float(v["scale"])), variant_stage(v)]
         for n in lengths:
             c = table.cells.get((v["name"], n))
-            row.append(_cell(c["value"], c["source"], rel_to, c["value"] == best[n]) if c else "-")
+            row.append(_cell(c["value"], c["source"], rel_to, c["value"] is not None and c["value"] == best[n])
+                       if c else "-")
         for column in table.extra.values():
             value_source = column.get(v["name"])
             row.append(_cell(*value_source, rel_to) if value_source else "-")
@@ -302,7 +314,8 @@ def plot_by_length(table: Table, variants: list[dict], original_context: int, pa
 
     fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
     for v in variants:
-        points = [(n, table.cells[(v["name"], n)]["value"]) for n in table.lengths if (v["name"], n) in table.cells]
+        points = [(n, table.cells[(v["name"], n)]["value"]) for n in table.lengths
+                  if (v["name"], n) in table.cells and table.cells[(v["name"], n)]["value"] is not None]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], label=v["name"], **_style(v, methods))
     ax.set_xscale("log", base=2)
@@ -310,7 +323,7 @@ def plot_by_length(table: Table, variants: list[dict], original_context: int, pa
     ax.xaxis.set_minor_locator(LogLocator(base=2, subs=()))
     if len(table.lengths) > 8:
         plt.setp(ax.get_xticklabels(), rotation=60, fontsize=7)
-    values = [c["value"] for c in table.cells.values() if math.isfinite(c["value"])] or [0.0]
+    values = [c["value"] for c in table.cells.values() if c["value"] is not None] or [0.0]
     if lower_is_better(table.metric) and min(values) > 0:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
@@ -568,12 +581,13 @@ def log_to_wandb(tracker, report: Report, variants: list[dict]) -> None:
     for t in report.tables:
         columns, data = table_records(t, variants)
         tracker.table(f"report/{t.eval}/{t.metric}", columns, data)
-        series = {v["name"]: [(n, t.cells[(v["name"], n)]["value"]) for n in t.lengths if (v["name"], n) in t.cells]
+        series = {v["name"]: [(n, t.cells[(v["name"], n)]["value"]) for n in t.lengths
+                              if (v["name"], n) in t.cells and t.cells[(v["name"], n)]["value"] is not None]
                   for v in variants}
         tracker.line_series(f"report/{t.eval}/{t.metric}_by_length", {k: s for k, s in series.items() if s},
                             f"{t.metric} by length", "length")
         for (variant, n), c in t.cells.items():
-            summary[f"{t.eval}/{t.metric}/{variant}/{n}"] = c["value"]
+            summary[f"{t.eval}/{t.metric}/{variant}/{n}"] = c["value"] if c["value"] is not None else DIVERGED
         for name, column in t.extra.items():
             for variant, (value, _) in column.items():
                 summary[f"{t.eval}/{name}/{variant}"] = value
@@ -608,7 +622,8 @@ def compare(summary_files, out_md, out_csv=None) -> list[dict]:
             keys = list(dict.fromkeys((e, v) for e, v, _ in cells))
             values = defaultdict(list)
             for (_, _, n), c in cells.items():
-                values[n].append(c["value"])
+                if c["value"] is not None:
+                    values[n].append(c["value"])
             pick = min if lower_is_better(metric) else max
             best = {n: pick(vs) if len(set(vs)) > 1 else None for n, vs in values.items()}
             table = ["| experiment | model | variant | method | scale | stage | dataset | " + " | ".join(map(str, lengths)) + " |",
@@ -618,7 +633,8 @@ def compare(summary_files, out_md, out_csv=None) -> list[dict]:
                 row = [e, f"`{first['model']}`", v, first["method"], _fmt(first["scale"]), first["stage"], first["dataset"]]
                 for n in lengths:
                     c = cells.get((e, v, n))
-                    row.append(_cell(c["value"], c["source"], here, c["value"] == best[n]) if c else "-")
+                    row.append(_cell(c["value"], c["source"], here, c["value"] is not None and c["value"] == best.get(n))
+                               if c else "-")
                 table.append("| " + " | ".join(row) + " |")
             direction = "lower is better" if lower_is_better(metric) else "higher is better"
             block = [f"**{metric}** ({direction})", "", *table, ""]

@@ -200,6 +200,7 @@ def stage_evaluate(eval_name: str, model_dir, out_file, variant: dict, length: i
                    seed: int, device: str = "auto", data_prefix=None, factors_file=None) -> None:
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
+    from longctx.evaluate.registry import record_non_finite
     from longctx.model import pick_device
 
     if eval_name not in EVALUATIONS:  # before the model loads
@@ -212,6 +213,10 @@ def stage_evaluate(eval_name: str, model_dir, out_file, variant: dict, length: i
         result["variant"] = variant["name"]
         result["rope"] = model.config.rope_parameters.get("rope_type")
         result.setdefault("dataset", dataset)
+        record_non_finite(result)
+        if result.get("diverged"):
+            log.warning("%s of %s at %d is not finite (%s): recorded as diverged", eval_name, variant["name"],
+                        length, ", ".join(result["diverged"]))
         tracking.log_evaluation(tracker, result, variant)
     write_json(out_file, result)
 

@@ -195,7 +195,7 @@ def log_evaluation(tracker: Tracker, result: dict, variant: dict) -> None:
         return
     metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
     tracker.run.config.update({"dataset": result.get("dataset")}, allow_val_change=True)
-    tracker.summary({**metrics, "length": result["length"]})
+    tracker.summary({**metrics, "length": result["length"], **{k: "diverged" for k in result.get("diverged", ())}})
     tracker.table(f"eval/{result['eval']}", EVAL_TABLE_COLUMNS,
                   [[variant["name"], variant["method"], variant["scale"], variant_stage(variant), result.get("dataset"),
                     result["length"], k, v] for k, v in metrics.items()])
