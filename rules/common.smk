@@ -4,10 +4,12 @@ import re
 import os
 import shlex
 import sys
-from dataclasses import asdict
 
 from longctx import config as lc
-from longctx.evaluate import plan as lc_eval
+from longctx import evaluate
+from longctx.config import evaluations as lc_eval
+from longctx.config import resources as lc_resources
+from longctx.models.sources import source_model_path
 from longctx.tracking import ENV as WANDB_ENV, settings_env
 
 try:
@@ -51,13 +53,7 @@ os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + search_pat
 # W&B settings reach jobs through the environment, not params: toggling W&B reruns nothing
 os.environ[WANDB_ENV] = settings_env(config)
 
-RUN = {
-    "experiment": EXP,
-    "model_source": config["model"]["source"],
-    "model": config["model"]["name_or_path"] or "pretrain",
-    "original_context": L,
-    "seed": config["seed"],
-}
+RUN = lc.RunInfo.of(config).to_dict()  # the facts every job logs (experiment, model, L, seed)
 
 
 def q(obj):
@@ -66,7 +62,7 @@ def q(obj):
 
 
 def variant_dict(name):
-    return asdict(VARIANTS[name])
+    return VARIANTS[name].to_dict()
 
 
 def model_dir(name):
@@ -104,7 +100,7 @@ def token_files(corpus, split):
 def source_model_files():
     """The base model's file or folder when it is on disk (gguf, local): an input of the rules that
     read it, so replacing it rebuilds the tokenizer and the base model. Hub ids and pretraining: none."""
-    path = lc.source_model_path(config["model"])
+    path = source_model_path(config["model"])
     return [str(path)] if path else []
 
 
@@ -113,11 +109,11 @@ def source_model_files():
 
 def stage_resources(stage):
     """A rule's `resources:` from config `resources.<stage>`; time and memory grow with each retry."""
-    return lc.stage_resources(config, stage).snakemake_resources()
+    return lc_resources.stage_resources(config, stage).snakemake_resources()
 
 
 def stage_threads(stage):
-    return lc.stage_resources(config, stage).cpus
+    return lc_resources.stage_resources(config, stage).cpus
 
 
 def launcher(data_parallel):
@@ -146,12 +142,18 @@ wildcard_constraints:
 
 # --- evaluation inputs (rules/evaluate.smk) ---
 PPL = config["evaluate"]["perplexity"]
-# each evaluation's keyword arguments (longctx.evaluate.plan); hub datasets load inside the job
+# each evaluation's keyword arguments (longctx.config.evaluations); hub datasets load inside the job
 EVAL_SETTINGS = {e: lc_eval.settings_for(config, e) for e in EVALS}
+# evaluations that read the perplexity corpus' token files (their registry entries say so)
+READS_TOKENS = {e for e in EVALS if evaluate.entries()[e].reads_tokens}
+
+
+def eval_data_prefix(name):
+    return f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if name in READS_TOKENS else None
 
 
 def eval_inputs(w):
     inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
-    if w.eval == "perplexity":
+    if w.eval in READS_TOKENS:
         inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
     return inputs

@@ -18,7 +18,7 @@ rule tokenizer:
     benchmark:
         f"{R}/benchmarks/tokenizer.tsv"
     shell:
-        "python -m longctx tokenizer --config-json {params.cfg} --out {output:q} > {log:q} 2>&1"
+        "python -m longctx tokenizer --config {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_corpus:

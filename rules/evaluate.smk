@@ -11,10 +11,9 @@ rule evaluate:
     params:
         variant=lambda w: q(variant_dict(w.variant)),
         settings=lambda w: q(EVAL_SETTINGS[w.eval]),
-        data=lambda w: option("--data", f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if w.eval == "perplexity" else None),
+        data=lambda w: option("--data", eval_data_prefix(w.eval)),
         factors=lambda w: option("--factors", factors_file(w.variant)),
         run=q(RUN),
-        seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=False),
     threads: stage_threads("evaluate")
@@ -27,7 +26,6 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/eval/{{variant}}/{{eval}}-{{length}}.tsv"
     shell:
-        "{params.launch} evaluate --eval {wildcards.eval:q} --model {input.model:q} --out {output:q} "
+        "{params.launch} evaluate --evaluation {wildcards.eval:q} --model {input.model:q} --out {output:q} "
         "--variant {params.variant} --length {wildcards.length:q} --settings {params.settings} "
-        "--run {params.run} --seed {params.seed:q} --device {params.device:q} {params.data:q} {params.factors:q} "
-        "> {log:q} 2>&1"
+        "--run {params.run} --device {params.device:q} {params.data:q} {params.factors:q} > {log:q} 2>&1"

@@ -19,8 +19,6 @@ rule finetune:
         factors=lambda w: option("--factors", factors_file(w.variant)),
         work_dir=f"{R}/work/{{variant}}",
         run=q(RUN),
-        original_context=L,
-        seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=True),
     threads: stage_threads("finetune")
@@ -34,6 +32,5 @@ rule finetune:
         f"{R}/benchmarks/finetune/{{variant}}.tsv"
     shell:
         "{params.launch} finetune --model {input.model:q} --data {params.prefix:q} --out {output:q} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
-        "--run {params.run} --seed {params.seed:q} --device {params.device:q} {params.factors:q} "
-        "--work-dir {params.work_dir:q} > {log:q} 2>&1"
+        "--variant {params.variant} --settings {params.settings} --run {params.run} --device {params.device:q} "
+        "{params.factors:q} --work-dir {params.work_dir:q} > {log:q} 2>&1"

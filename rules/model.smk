@@ -26,6 +26,6 @@ rule base_model:
     benchmark:
         f"{R}/benchmarks/base_model.tsv"
     shell:
-        "{params.launch} base-model --config-json {params.cfg} --tokenizer {input.tokenizer:q} "
+        "{params.launch} base-model --config {params.cfg} --tokenizer {input.tokenizer:q} "
         "{params.train_data:q} --out {output:q} --work-dir {params.work_dir:q} "
         "--run {params.run} > {log:q} 2>&1"

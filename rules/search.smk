@@ -22,8 +22,6 @@ rule search:
         base_factors=lambda w: option("--base-factors", base_factors_file(w.variant)),
         log_file=f"{R}/search/{{variant}}/candidates.jsonl",
         run=q(RUN),
-        original_context=L,
-        seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=False),
     threads: stage_threads("search")
@@ -37,9 +35,8 @@ rule search:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
         "{params.launch} search --model {input.model:q} --data {params.prefix:q} --out {output:q} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
-        "--run {params.run} --seed {params.seed:q} --device {params.device:q} --log-file {params.log_file:q} "
-        "{params.base_factors:q} > {log:q} 2>&1"
+        "--variant {params.variant} --settings {params.settings} --run {params.run} --device {params.device:q} "
+        "--log-file {params.log_file:q} {params.base_factors:q} > {log:q} 2>&1"
 
 
 rule recovery:
@@ -57,8 +54,6 @@ rule recovery:
         prefix=lambda w, input: input.data[0].removesuffix(".bin"),
         log_dir=f"{R}/search/{{variant}}",
         run=q(RUN),
-        original_context=L,
-        seed=config["seed"],
         device=config["device"],
         launch=launcher(data_parallel=False),
     threads: stage_threads("search")
@@ -72,6 +67,5 @@ rule recovery:
         f"{R}/benchmarks/search/{{variant}}.tsv"
     shell:
         "{params.launch} recovery --model {input.model:q} --data {params.prefix:q} --out {output:q} "
-        "--variant {params.variant} --settings {params.settings} --original-context {params.original_context:q} "
-        "--run {params.run} --seed {params.seed:q} --device {params.device:q} --long-factors {input.long_factors:q} "
-        "--log-dir {params.log_dir:q} > {log:q} 2>&1"
+        "--variant {params.variant} --settings {params.settings} --run {params.run} --device {params.device:q} "
+        "--long-factors {input.long_factors:q} --log-dir {params.log_dir:q} > {log:q} 2>&1"

@@ -32,15 +32,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import longctx  # noqa: F401
-except ImportError:  # a plain checkout (the GPU machine): use the source tree
-    sys.path.insert(0, str(REPO / "src"))
 
 log = logging.getLogger("bench_search")
 
 RANDOM_SHAPES = {
-    # SmolLM2-135M (REFERENCE.md section 7): 30 layers, hidden 576, 9 heads, 3 KV heads, head dim 64
+    # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M's config): 30 layers, hidden 576, 9 heads, 3 KV heads, head dim 64
     "smollm2": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

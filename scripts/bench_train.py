@@ -39,9 +39,6 @@ from pathlib import Path
 
 import torch
 
-# the repository's package, also where it is not installed (the GPU machine runs a plain checkout)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 # shapes with random weights (the hub configs' numbers)
 SHAPES = {
     "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from longctx.data import DataError, TokenFile, iter_documents
-from longctx.io import ArtifactError, read_json, write_json
+from longctx.artifacts import ArtifactError, read_json, write_json
 from longctx.search import FitnessLog
 
 from conftest import tiny_llama
@@ -29,7 +29,7 @@ def test_no_result_is_written_with_a_non_finite_number(tmp_path):
 
 
 def test_corrupt_safetensors_weights_are_named(tmp_path):
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     tiny_llama().save_pretrained(tmp_path / "model")
     weights = tmp_path / "model" / "model.safetensors"

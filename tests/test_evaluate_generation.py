@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longctx.generation import batched_greedy_generate, greedy_generate, plan_batches
+from longctx.evaluate.generation import batched_greedy_generate, greedy_generate, plan_batches
 from longctx.rope import apply_to_model
 
 from conftest import tiny_llama

@@ -6,7 +6,7 @@ from longctx.data import load_tokenizer
 from longctx.evaluate import EVALUATIONS
 from longctx.evaluate.govreport import (IGNORE, TEMPLATE, collate_summaries, encode_example, finetune_examples,
                                         load_rows, prompt_ids, rouge)
-from longctx.loss import causal_lm_nll
+from longctx.models.loss import causal_lm_nll
 
 from conftest import REPO, tiny_llama
 

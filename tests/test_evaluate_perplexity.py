@@ -92,7 +92,8 @@ def test_corrupted_weights_are_recorded_as_diverged_never_as_a_nan_result(tmp_pa
 
     import torch
 
-    from longctx import stages
+    from longctx import jobs
+    from longctx.config import RunInfo, Variant
     from longctx.data import load_tokenizer as tokenizer_of
 
     broken = tiny_llama(vocab_size=len(tokenizer_of(austen_tokenizer)), context=N)
@@ -100,10 +101,10 @@ def test_corrupted_weights_are_recorded_as_diverged_never_as_a_nan_result(tmp_pa
         broken.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
     broken.save_pretrained(tmp_path / "model")
     tokenizer_of(austen_tokenizer).save_pretrained(tmp_path / "model")
-    variant = {"name": "broken", "method": "none", "scale": 1.0, "params": {}, "finetune": False, "search": False}
-    run = {"experiment": "t", "model_source": "local", "model": "m", "original_context": N, "seed": 0}
+    variant = Variant("broken", "none", 1.0, {}, finetune=False, search=False)
     out = tmp_path / "perplexity-64.json"
-    stages.stage_evaluate("perplexity", tmp_path / "model", out, variant, N, {}, run, 0, "cpu", token_files)
+    jobs.evaluate(evaluation="perplexity", model=tmp_path / "model", out=out, variant=variant, length=N, settings={},
+                  run=RunInfo("t", "local", "m", N, 0), device="cpu", data=token_files)
 
     text = out.read_text()
     assert "NaN" not in text and "Infinity" not in text  # a strict JSON file, no NaN result

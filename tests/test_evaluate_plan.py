@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from longctx import stages
+from longctx import jobs
+from longctx.config import RunInfo, Variant
 from longctx.config import load_config
-from longctx.evaluate import EVALUATIONS, enabled_evaluations, lengths_for, settings_for
+from longctx.config.evaluations import enabled_evaluations, lengths_for, settings_for
+from longctx.evaluate import EVALUATIONS
 from longctx.evaluate import wikiqa
 
 from conftest import REPO, tiny_llama
@@ -54,11 +56,10 @@ def test_evaluate_stage_writes_the_result(tmp_path, austen_tokenizer):
     model_dir = tmp_path / "model"
     tiny_llama(vocab_size=len(tokenizer), context=64).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    variant = {"name": "pi-x4", "method": "pi", "scale": 4.0, "params": {}, "finetune": False, "search": False}
+    variant = Variant("pi-x4", "pi", 4.0, {}, finetune=False, search=False)
     out = tmp_path / "eval" / "lines-512.json"
-    stages.stage_evaluate("lines", model_dir, out, variant, 512, {"examples": 2, "max_new_tokens": 4},
-                          {"experiment": "t", "model_source": "local", "model": "tiny", "original_context": 64, "seed": 1}, seed=1,
-                          device="cpu")
+    jobs.evaluate(evaluation="lines", model=model_dir, out=out, variant=variant, length=512,
+                  settings={"examples": 2, "max_new_tokens": 4}, run=RunInfo("t", "local", "tiny", 64, 1), device="cpu")
     result = json.loads(out.read_text())
     assert result["eval"] == "lines" and result["length"] == 512 and result["variant"] == "pi-x4"
     assert result["rope"] == "linear" and 0 <= result["metrics"]["accuracy"] <= 1

@@ -20,7 +20,7 @@ import yaml
 
 from longctx import launch
 from longctx.config import ConfigError, load_config
-from longctx.resources import STAGES, stage_resources
+from longctx.config.resources import STAGES, stage_resources
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from longctx.config import load_config, original_context, variants
-from longctx.evaluate.plan import enabled_evaluations
+from longctx.config.evaluations import enabled_evaluations
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

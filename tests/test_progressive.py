@@ -2,7 +2,6 @@
 
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import torch
 import yaml
 
 from longctx import config as lc
-from longctx import stages
-from longctx.io import read_json, write_json
-from longctx.progressive import final_record, recovery_task
+from longctx import jobs
+from longctx.artifacts import read_json, write_json
+from longctx.search import final_record, recovery_task
 from longctx.rope import apply_to_model, geometry_of
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = {"experiment": "t", "model_source": "pretrain", "model": "pretrain", "original_context": 16, "seed": 0}
+RUN = lc.RunInfo(experiment="t", model_source="pretrain", model="pretrain", original_context=16, seed=0)
 
 
 def default_config():
@@ -119,16 +118,16 @@ def test_chain_mistakes_name_their_key(chain, key):
 def test_secondary_search_multiplies_the_finetuned_factors(workspace, tmp_path):
     """A later chain step searches lambda' and the model runs with lambda_ft * lambda'."""
     from longctx.evaluate.perplexity import window_nll
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     base = [1.0, 1.0, 1.1, 1.2, 1.5, 1.8, 2.0, 2.2]  # what the weights were "fine-tuned" with at 2x
     tuned = tmp_path / "tuned.json"
     write_json(tuned, {"scale": 2.0, "rope_scale": 2.0, "factors": base, "n_hat": 0,
                        "rope_params": {"factors": base, "n_hat": 0}})
-    variant = {"name": "c-x4", "method": "longrope", "scale": 4.0, "params": {}, "finetune": False, "search": True}
+    variant = lc.Variant("c-x4", "longrope", 4.0, {}, finetune=False, search=True)
     out = tmp_path / "search" / "factors.json"
-    stages.stage_search(workspace / "base", workspace / "data" / "validation", out, variant, search_settings(), 16,
-                        RUN, 0, "cpu", base_factors_file=tuned)
+    jobs.search(model=workspace / "base", data=workspace / "data" / "validation", out=out, variant=variant,
+                settings=search_settings(), run=RUN, device="cpu", base_factors=tuned)
     found = read_json(out)
     assert found["kind"] == "secondary" and found["base_factors"] == base
     assert found["factors"] == pytest.approx([a * b for a, b in zip(base, found["relative_factors"])])
@@ -152,10 +151,10 @@ def test_secondary_search_multiplies_the_finetuned_factors(workspace, tmp_path):
 def test_a_search_with_too_few_long_documents_fails_before_loading_the_model(workspace, tmp_path):
     from longctx.search import SearchError
 
-    variant = {"name": "x", "method": "longrope", "scale": 8.0, "params": {}, "finetune": False, "search": True}
+    variant = lc.Variant("x", "longrope", 8.0, {}, finetune=False, search=True)
     with pytest.raises(SearchError, match=r"validation: only 2 of 4 documents have at least 128 tokens.*search\.documents"):
-        stages.stage_search(tmp_path / "no-model-here", workspace / "data" / "validation", tmp_path / "f.json",
-                            variant, search_settings(documents=3), 16, RUN, 0, "cpu")
+        jobs.search(model=tmp_path / "no-model-here", data=workspace / "data" / "validation", out=tmp_path / "f.json",
+                    variant=variant, settings=search_settings(documents=3), run=RUN, device="cpu")
 
 
 # --- short-context recovery ---------------------------------------------------------------------
@@ -165,7 +164,7 @@ def test_a_search_with_too_few_long_documents_fails_before_loading_the_model(wor
 def test_recovery_factors_serve_short_sequences_and_the_long_ones_long(workspace, short_n_hat, long_n_hat):
     """Through the model: at most the switch length it runs as with the recovery set alone, above it
     as with the long set alone."""
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     model = load_model(workspace / "base")
     geometry = geometry_of(model.config)
@@ -196,11 +195,11 @@ def test_recovery_stage_gives_the_final_model_its_factor_sets(workspace, tmp_pat
     long_params = {"factors": [1.0, 1.5, 2.5, 4.0, 6.0, 8.0, 9.0, 10.0], "n_hat": 4}
     write_json(long_file, {"kind": "search", "scale": 8.0, "length": 128, "perplexity": 50.0, **long_params,
                            "rope_params": long_params})
-    variant = asdict(lc.Variant("c-x8-recovery", "longrope", 8.0, {}, False, True, recovery_of="c-x8",
-                                recovery_lengths=(16, 32)))
+    variant = lc.Variant("c-x8-recovery", "longrope", 8.0, {}, False, True, recovery_of="c-x8",
+                         recovery_lengths=(16, 32))
     out = tmp_path / "rec" / "factors.json"
-    stages.stage_recovery(workspace / "base", workspace / "data" / "validation", out, variant, search_settings(), 16,
-                          RUN, 0, long_file, "cpu")
+    jobs.recovery(model=workspace / "base", data=workspace / "data" / "validation", out=out, variant=variant,
+                  settings=search_settings(), run=RUN, long_factors=long_file, device="cpu")
     found = read_json(out)
     sets = found["rope_params"]["factor_sets"]
     assert [s["max_length"] for s in sets] == [16, 32, None]
@@ -210,7 +209,7 @@ def test_recovery_stage_gives_the_final_model_its_factor_sets(workspace, tmp_pat
         assert r["kind"] == "recovery" and r["lambda_max"] == bound and max(r["factors"]) <= bound
     assert (found["length"], found["history"]) == (16, found["recoveries"][0]["history"])  # what the report plots
     # the evaluate stage loads it as the variant's RoPE
-    model = stages._extended_model(workspace / "base", variant, out)
+    model = jobs.extended_model(workspace / "base", variant, out)
     assert model.config.rope_parameters["rope_type"] == "longctx_longrope"
     assert [s["max_length"] for s in model.config.rope_parameters["factor_sets"]] == [16, 32, None]
 
@@ -220,7 +219,7 @@ def test_a_chain_runs_stage_by_stage(tmp_path, austen_tokenizer):
     at 1x: each stage's output feeds the next as the rules wire them."""
     from conftest import tiny_llama
     from longctx.data import load_tokenizer
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     tiny_llama(vocab_size=512, context=16).save_pretrained(tmp_path / "models" / "base")
     load_tokenizer(austen_tokenizer).save_pretrained(tmp_path / "models" / "base")
@@ -232,7 +231,7 @@ def test_a_chain_runs_stage_by_stage(tmp_path, austen_tokenizer):
     cfg["model"]["pretrain"]["context"] = 16
     cfg["evaluate"]["passkey"]["enabled"] = False  # its prompt needs more than 16 tokens
     cfg = lc.validate(cfg)
-    chain = {v.name: asdict(v) for v in lc.variants(cfg) if v.chain == "c"}
+    chain = {v.name: v for v in lc.variants(cfg) if v.chain == "c"}
     assert list(chain) == ["c-x2-ft", "c-x4", "c-x4-recovery"]
     settings = search_settings()
     ft = {**{k: v for k, v in cfg["finetune"].items() if k != "corpus"}, "batch_size": 2, "micro_batch_size": 2,
@@ -240,23 +239,25 @@ def test_a_chain_runs_stage_by_stage(tmp_path, austen_tokenizer):
     models, search = tmp_path / "models", tmp_path / "search"
     val = tmp_path / "data" / "validation"
 
-    stages.stage_search(models / "base", val, search / "c-x2-ft" / "factors.json", chain["c-x2-ft"], settings, 16,
-                        RUN, 0, "cpu")
-    stages.stage_finetune(models / "base", tmp_path / "data" / "train", models / "c-x2-ft", chain["c-x2-ft"], ft, 16,
-                          RUN, 0, "cpu", search / "c-x2-ft" / "factors.json", tmp_path / "work" / "c-x2-ft")
+    jobs.search(model=models / "base", data=val, out=search / "c-x2-ft" / "factors.json", variant=chain["c-x2-ft"],
+                settings=settings, run=RUN, device="cpu")
+    jobs.finetune(model=models / "base", data=tmp_path / "data" / "train", out=models / "c-x2-ft",
+                  variant=chain["c-x2-ft"], settings=ft, run=RUN, device="cpu",
+                  factors=search / "c-x2-ft" / "factors.json", work_dir=tmp_path / "work" / "c-x2-ft")
     step1 = read_json(search / "c-x2-ft" / "factors.json")
     tuned = load_model(models / "c-x2-ft")  # the weights carry the factors they were fine-tuned with
     assert tuned.config.longctx_rope["params"]["factors"] == step1["factors"]
-    stages.stage_search(models / "c-x2-ft", val, search / "c-x4" / "factors.json", chain["c-x4"], settings, 16, RUN, 0,
-                        "cpu", base_factors_file=search / "c-x2-ft" / "factors.json")
+    jobs.search(model=models / "c-x2-ft", data=val, out=search / "c-x4" / "factors.json", variant=chain["c-x4"],
+                settings=settings, run=RUN, device="cpu", base_factors=search / "c-x2-ft" / "factors.json")
     step2 = read_json(search / "c-x4" / "factors.json")
     assert step2["kind"] == "secondary" and step2["base_factors"] == step1["factors"]
     assert step2["factors"] == pytest.approx([a * b for a, b in zip(step1["factors"], step2["relative_factors"])])
-    stages.stage_recovery(models / "c-x2-ft", val, search / "c-x4-recovery" / "factors.json", chain["c-x4-recovery"],
-                          settings, 16, RUN, 0, search / "c-x4" / "factors.json", "cpu")
+    jobs.recovery(model=models / "c-x2-ft", data=val, out=search / "c-x4-recovery" / "factors.json",
+                  variant=chain["c-x4-recovery"], settings=settings, run=RUN, long_factors=search / "c-x4" / "factors.json",
+                  device="cpu")
     final = read_json(search / "c-x4-recovery" / "factors.json")
     sets = final["rope_params"]["factor_sets"]
     assert [s["max_length"] for s in sets] == [16, None] and sets[-1]["factors"] == step2["factors"]
     # the final model: fine-tuned weights of step 1, the short set up to 16 tokens, the 4x set beyond
-    model = stages._extended_model(models / "c-x2-ft", chain["c-x4-recovery"], search / "c-x4-recovery" / "factors.json")
+    model = jobs.extended_model(models / "c-x2-ft", chain["c-x4-recovery"], search / "c-x4-recovery" / "factors.json")
     assert model.config.longctx_rope["scale"] == 4.0

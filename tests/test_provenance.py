@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longctx import provenance, stages
-from longctx.io import read_json
+from longctx import jobs, provenance
+from longctx.config import Variant
+from longctx.artifacts import read_json
 from longctx.rope import apply_to_model
 from longctx.train import train
 
@@ -75,18 +76,19 @@ def test_a_checkpoint_records_the_fingerprint_of_its_inputs(tmp_path):
     assert recorded["data"] == provenance.token_file_digest(data) and recorded["processes"] == 1
     # content, not paths: the same weights saved elsewhere have the same digest
     tiny_llama().save_pretrained(tmp_path / "copy")
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     assert provenance.model_digest(load_model(tmp_path / "copy")) == expected_model
 
 
 def test_a_search_log_of_other_settings_is_set_aside_and_never_mixed_in(workspace, tmp_path, caplog):  # noqa: F811
-    variant = {"name": "lr-x4", "method": "longrope", "scale": 4.0, "params": {}, "finetune": False, "search": True}
+    variant = Variant("lr-x4", "longrope", 4.0, {}, finetune=False, search=True)
 
     def search(out_dir, documents, log_file):
         out = out_dir / "factors.json"
-        stages.stage_search(workspace / "base", workspace / "data" / "validation", out, variant,
-                            search_settings(documents=documents, iterations=2), 16, RUN, 0, "cpu", log_file=log_file)
+        jobs.search(model=workspace / "base", data=workspace / "data" / "validation", out=out, variant=variant,
+                    settings=search_settings(documents=documents, iterations=2), run=RUN, device="cpu",
+                    log_file=log_file)
         return read_json(out)
 
     shared_log = tmp_path / "search" / "candidates.jsonl"
@@ -107,11 +109,11 @@ def test_a_search_log_of_other_settings_is_set_aside_and_never_mixed_in(workspac
 
 
 def test_a_search_rerun_with_the_same_inputs_recomputes_nothing(workspace, tmp_path):  # noqa: F811
-    variant = {"name": "lr-x4", "method": "longrope", "scale": 4.0, "params": {}, "finetune": False, "search": True}
+    variant = Variant("lr-x4", "longrope", 4.0, {}, finetune=False, search=True)
     out, log_file = tmp_path / "factors.json", tmp_path / "candidates.jsonl"
     for _ in range(2):
-        stages.stage_search(workspace / "base", workspace / "data" / "validation", out, variant,
-                            search_settings(), 16, RUN, 0, "cpu", log_file=log_file)
+        jobs.search(model=workspace / "base", data=workspace / "data" / "validation", out=out, variant=variant,
+                    settings=search_settings(), run=RUN, device="cpu", log_file=log_file)
     again = read_json(out)
     assert again["resumed_from_log"] == again["evaluated"] > 0
     assert not list(tmp_path.glob("candidates.jsonl.set-aside-*"))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from longctx.io import write_json
-from longctx.paper_numbers import PaperNumbersError, Setting, load, matches, parse
+from longctx.artifacts import write_json
+from longctx.report.paper_numbers import PaperNumbersError, Setting, load, matches, parse
 from longctx.report import compare, read_csv, write_csv, write_report
 
 VARIANTS = [

@@ -1,7 +1,7 @@
 """Each RoPE method's frequencies and cos/sin tables against the paper's formula in float64.
 
-The reference functions below are written from REFERENCE.md section 1 (and, for YaRN's "code"
-ramp and the Giraffe bases, from the released code) in numpy float64, independently of
+The reference functions below are written from the papers' formulas (PI, NTK-aware, YaRN,
+Giraffe, xPos, LongRoPE; and, for YaRN's "code" ramp and the Giraffe bases, from the released code) in numpy float64, independently of
 ``longctx.rope``. Frequencies must agree to 1e-6 relative. transformers computes RoPE in float32,
 so an angle m * theta_i carries a relative error of about 1e-6 and cos/sin an absolute error of
 about 1e-6 * (1 + |angle|): the tables are compared with that per-entry tolerance, at positions

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import longctx  # noqa: F401  (what a user imports before a plain from_pretrained)
-from longctx.generation import greedy_generate
+from longctx.evaluate.generation import greedy_generate
 from longctx.rope import (
     apply_to_model,
     cache_is_stale,

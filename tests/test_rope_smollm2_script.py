@@ -1,4 +1,4 @@
-"""scripts/rope_smollm2_gpu.py, end to end on the CPU with --smoke (tiny random LLaMA, L = 128)."""
+"""docs/measurements/scripts/rope_smollm2_gpu.py, end to end on the CPU with --smoke (tiny random LLaMA, L = 128)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("rope_smollm2_gpu", REPO / "scripts" / "rope_smollm2_gpu.py")
+    spec = importlib.util.spec_from_file_location("rope_smollm2_gpu", REPO / "docs" / "measurements" / "scripts" / "rope_smollm2_gpu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

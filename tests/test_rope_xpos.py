@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import longctx  # noqa: F401
-from longctx.generation import greedy_generate
+from longctx.evaluate.generation import greedy_generate
 from longctx.rope import RopeGeometry, RopeMethodError, apply_to_model, build_rope_parameters, cache_is_stale
 
 

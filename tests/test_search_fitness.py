@@ -158,7 +158,7 @@ def test_compiled_layers_score_candidates_as_the_eager_model_does(model_and_wind
     layer compiled, candidates' RoPE handed in per forward; same scores, no recompiling per candidate."""
     import copy
 
-    from longctx.model import compile_layers
+    from longctx.models.kernels import compile_layers
 
     model, windows = model_and_windows
     task = plain_task(geometry_of(model.config), 4.0, SETTINGS)

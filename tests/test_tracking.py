@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from longctx import config as lc
-from longctx import stages, tracking
-from longctx.evaluate import plan
+from longctx import jobs, tracking
+from longctx.config import evaluations as plan
 from longctx.report import read_csv
 
 from conftest import AUSTEN
@@ -59,41 +58,45 @@ def offline_workflow(tmp_path_factory):
     config = tiny_config(root)
     R = Path(config["results_dir"]) / config["experiment"]
     L = lc.original_context(config)
-    variants = [asdict(v) for v in lc.variants(config)]
-    by_name = {v["name"]: v for v in variants}
-    run = {"experiment": config["experiment"], "model_source": "pretrain", "model": "pretrain",
-           "original_context": L, "seed": config["seed"]}
+    variants = lc.variants(config)
+    by_name = {v.name: v for v in variants}
+    run = lc.RunInfo("tiny", "pretrain", "pretrain", L, config["seed"])
+    assert run == lc.RunInfo.of(config)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(tracking.ENV, tracking.settings_env(config))  # what rules/common.smk exports
         mp.setenv("WANDB_API_KEY", FAKE_KEY)  # as a user with an account would have: offline must not write it
         mp.setenv("HF_TOKEN", FAKE_HF_TOKEN)
         corpus = config["corpora"]["austen"]
-        stages.stage_tokenizer({k: config[k] for k in ("model", "corpora", "seed")}, R / "tokenizer")
+        jobs.tokenizer(config={k: config[k] for k in ("model", "corpora", "seed")}, out=R / "tokenizer")
         for split in ("train", "validation", "test"):
-            stages.stage_prepare(corpus, split, R / "tokenizer", R / "data" / "austen" / split, run)
+            jobs.prepare(corpus=corpus, split=split, tokenizer=R / "tokenizer", out_prefix=R / "data" / "austen" / split,
+                         run=run)
         data = R / "data" / "austen"
-        stages.stage_base_model({k: config[k] for k in ("model", "seed")}, R / "tokenizer", R / "models" / "base",
-                                data / "train", run, R / "work" / "base")
+        jobs.base_model(config={k: config[k] for k in ("model", "seed")}, tokenizer=R / "tokenizer",
+                        out=R / "models" / "base", train_data=data / "train", run=run, work_dir=R / "work" / "base")
         ft_settings = {k: v for k, v in config["finetune"].items() if k != "corpus"}
-        stages.stage_finetune(R / "models" / "base", data / "train", R / "models" / "pi-x4-ft", by_name["pi-x4-ft"],
-                              ft_settings, L, run, config["seed"], "cpu", work_dir=R / "work" / "pi-x4-ft")
+        jobs.finetune(model=R / "models" / "base", data=data / "train", out=R / "models" / "pi-x4-ft",
+                      variant=by_name["pi-x4-ft"], settings=ft_settings, run=run, device="cpu",
+                      work_dir=R / "work" / "pi-x4-ft")
         search_settings = {k: v for k, v in config["search"].items() if k not in ("corpus", "split")}
         factors = R / "search" / "longrope-x4-search" / "factors.json"
         factors.parent.mkdir(parents=True)  # Snakemake makes an output's folder before the job
-        stages.stage_search(R / "models" / "base", data / "validation", factors, by_name["longrope-x4-search"],
-                            search_settings, L, run, config["seed"], "cpu", factors.parent / "candidates.jsonl")
+        jobs.search(model=R / "models" / "base", data=data / "validation", out=factors,
+                    variant=by_name["longrope-x4-search"], settings=search_settings, run=run, device="cpu",
+                    log_file=factors.parent / "candidates.jsonl")
         results = []
         for v in variants:
-            model = R / "models" / ("pi-x4-ft" if v["finetune"] else "base")
+            model = R / "models" / ("pi-x4-ft" if v.finetune else "base")
             for eval_name in ("perplexity", "passkey"):
                 for n in LENGTHS:
-                    results.append(R / "eval" / v["name"] / f"{eval_name}-{n}.json")
-                    stages.stage_evaluate(eval_name, model, results[-1], v, n, plan.settings_for(config, eval_name),
-                                          run, config["seed"], "cpu",
-                                          data_prefix=data / "test" if eval_name == "perplexity" else None,
-                                          factors_file=factors if v["search"] else None)
-        stages.stage_report(results, variants, run, "austen", R / "report.md", R / "summary.csv", R / "report.html",
-                            R / "plots", [factors], [corpus["root"]], config["finetune"]["steps"])
+                    results.append(R / "eval" / v.name / f"{eval_name}-{n}.json")
+                    jobs.evaluate(evaluation=eval_name, model=model, out=results[-1], variant=v, length=n,
+                                  settings=plan.settings_for(config, eval_name), run=run, device="cpu",
+                                  data=data / "test" if eval_name == "perplexity" else None,
+                                  factors=factors if v.search else None)
+        jobs.report(results=results, variants=variants, run=run, dataset="austen", out_md=R / "report.md",
+                    out_csv=R / "summary.csv", out_html=R / "report.html", plots=R / "plots", search=[factors],
+                    dataset_id=[corpus["root"]], finetune_steps=config["finetune"]["steps"])
     return config, R
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longctx.train as train_mod
-from longctx.io import write_json
+import longctx.train.loop as train_mod
+import longctx.train.loss as train_loss
+from longctx.artifacts import write_json
 from longctx.train import TrainSettings, TrainingError, train
 
 from conftest import tiny_llama
@@ -65,7 +66,7 @@ def test_loss_falls_and_model_is_saved_as_safetensors(tmp_path):
 
 
 def test_a_bf16_model_trained_with_float32_master_weights_is_saved_and_reloads_as_bf16(tmp_path):
-    from longctx.model import load_model
+    from longctx.models import load_model
 
     data = token_file(tmp_path)
     train(tiny_llama().to(torch.bfloat16), data, settings(steps=2, precision="fp32"), tmp_path / "out",
@@ -94,14 +95,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     data = token_file(tmp_path)
-    real_nll, calls = train_mod.causal_lm_nll, {"n": 0}
+    real_nll, calls = train_loss.causal_lm_nll, {"n": 0}
 
     def nll_turning_nan(*args, **kwargs):  # the loss becomes NaN at the 5th step (2 micro-batches/step)
         calls["n"] += 1
         nll, count = real_nll(*args, **kwargs)
         return (nll * float("nan") if calls["n"] > 8 else nll), count
 
-    monkeypatch.setattr(train_mod, "causal_lm_nll", nll_turning_nan)
+    monkeypatch.setattr(train_loss, "causal_lm_nll", nll_turning_nan)
     with pytest.raises(TrainingError, match="diverged.*last good checkpoint"):
         train(tiny_llama(), data, settings(steps=20, checkpoint_every=2), tmp_path / "out", tmp_path / "w")
     assert not (tmp_path / "out").exists()

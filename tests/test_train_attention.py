@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from longctx import attention as attn
+from longctx.train import attention as attn
 from longctx.data import TokenFile
-from longctx.io import write_json
+from longctx.artifacts import write_json
 from longctx.train import LossModule, PackedSequences
 
 from conftest import tiny_llama

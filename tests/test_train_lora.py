@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import longctx.train as train_mod
-from longctx.model import load_model
+import longctx.train.loss as train_loss
+import longctx.train.settings as train_settings
+from longctx.models import load_model
 from longctx.train import TrainSettings, TrainingError, train
 
 from conftest import tiny_llama
@@ -101,7 +102,7 @@ def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch):
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(train_mod, "causal_lm_nll", no_memory)
+    monkeypatch.setattr(train_loss, "causal_lm_nll", no_memory)
     with pytest.raises(TrainingError) as err:
         train(tiny_llama(), data, settings(), tmp_path / "out", tmp_path / "w", device="cpu")
     for knob in ("micro_batch_size", "gradient_checkpointing", "strategy", "sequence_parallel", "cpu_offload"):
@@ -119,4 +120,4 @@ def test_settings_come_from_the_validated_config():
     assert s.betas == (0.9, 0.95) and s.strategy == "ddp" and s.lora.enabled is False
     assert s.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
     with pytest.raises(TrainingError, match="finetune.cpu_offload"):
-        train_mod._check(TrainSettings(seq_len=8, steps=1, cpu_offload=True))
+        train_settings.check_settings(TrainSettings(seq_len=8, steps=1, cpu_offload=True))

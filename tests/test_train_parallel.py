@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longctx import parallel
-from longctx.io import write_json
+from longctx.train import parallel
+from longctx.artifacts import write_json
 from longctx.train import TrainSettings, Trainer, TrainingError, train
 
 from conftest import tiny_llama
@@ -134,7 +134,7 @@ import sys, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from torch.distributed.fsdp import fully_shard
 from conftest import tiny_llama
-from longctx import parallel
+from longctx.train import parallel
 from longctx.train import LossModule
 
 dist.init_process_group("gloo")
@@ -182,7 +182,7 @@ RESUMABLE = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {tests!r})
-import longctx.train as train_mod
+import longctx.train.loop as train_mod
 from conftest import tiny_llama
 from longctx.train import TrainSettings, train
 real_save = train_mod._save_checkpoint

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from longctx.io import ArtifactError, atomic_path, read_json, write_json
+from longctx.artifacts import ArtifactError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 

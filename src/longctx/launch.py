@@ -62,7 +62,7 @@ def _gres_gpus(gres: str) -> int:
 
 
 def from_resources(resources, data_parallel: bool, module: str = MODULE) -> str:
-    """``module_command`` for a snakemake job's ``resources`` (as set by ``longctx.resources``)."""
+    """``module_command`` for a snakemake job's ``resources`` (as set by ``longctx.config.resources``)."""
     nodes = int(resources.get("nodes", 1) or 1)
     if nodes > 1:
         gpus = _gres_gpus(resources.get("gres", ""))

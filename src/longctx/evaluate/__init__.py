@@ -1,26 +1,37 @@
-"""Evaluations, one module each, in one registry: ``EVALUATIONS[name](model, tokenizer, length, ...)``.
+"""Evaluations, one module each, in one registry (``longctx.evaluate.registry``).
 
-Each returns a result dict ``{"eval", "length", "metrics": {...}, ...}`` that the evaluate stage
-writes as one cached JSON per (experiment, variant, evaluation, length) and the report gathers.
-``longctx.evaluate.plan`` turns the config's ``evaluate`` section into the evaluations to run,
-their lengths and their settings.
+``EVALUATIONS[name](model, tokenizer, length, ...)`` returns a result dict ``{"eval", "length",
+"metrics": {...}, ...}`` that the evaluate job writes as one cached JSON per (experiment, variant,
+evaluation, length) and the report gathers; ``entries()`` gives each evaluation's registry entry
+(its order, config section, whether it generates or reads token files, its shortest prompt).
+Every module of this package is imported when the registry is first asked for, so a new
+evaluation is a new module here (and its schema section); nothing else lists them.
 """
 
 import importlib
+import pkgutil
 
 from longctx.evaluate.registry import EvaluationError, register  # noqa: F401
-from longctx.evaluate.plan import enabled_evaluations, lengths_for, settings_for  # noqa: F401
 
-MODULES = ("perplexity", "passkey", "lines", "wikiqa", "govreport", "harness")
+
+def entries():
+    """name -> ``Evaluation``, in report order (every evaluation module imported)."""
+    from longctx.evaluate.registry import ENTRIES
+
+    _import_all()
+    return dict(sorted(ENTRIES.items(), key=lambda item: item[1].order))
+
+
+def _import_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def __getattr__(name):
-    # the evaluation modules import torch and transformers: load them when the registry is first
-    # asked for, so the workflow can plan its jobs (longctx.evaluate.plan) without that cost
+    # the evaluation modules import torch and transformers: load them when the registry is first asked for
     if name == "EVALUATIONS":
-        for module in MODULES:
-            importlib.import_module(f"longctx.evaluate.{module}")
         from longctx.evaluate.registry import EVALUATIONS
 
+        _import_all()
         return EVALUATIONS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ generate greedily, score ROUGE-1/2/L with ``rouge-score``.
 PI's protocol: documents truncated to 15000 tokens inside the template below, fine-tuning at
 16384 for 10 epochs on the training split with the loss on the summary tokens only. This module
 gives the fine-tuning data (``finetune_examples`` + ``collate_summaries``: labels are -100 on the
-prompt and on padding, which ``longctx.loss.causal_lm_nll(..., labels=...)`` ignores) and the
+prompt and on padding, which ``longctx.models.loss.causal_lm_nll(..., labels=...)`` ignores) and the
 evaluation (``govreport`` in the registry). The dataset: ``ccdv/govreport-summarization``
 (config ``document``; fields ``report``, ``summary``), or any dataset in that format.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from longctx.evaluate.common import answer_prompts, encode
+from longctx.evaluate.prompts import answer_prompts, encode
 from longctx.evaluate.registry import EvaluationError, register
 
 HUB_PATH = "ccdv/govreport-summarization"
@@ -114,7 +114,7 @@ def min_length(max_new_tokens: int = 512, **_) -> int:
     return max_new_tokens + 1
 
 
-@register("govreport")
+@register("govreport", order=60, generates=True, min_length=min_length)
 def evaluate_govreport(model, tokenizer, length: int, *, hub_path=HUB_PATH, hub_name=HUB_NAME, split="test",
                        hub_revision=None, max_examples=None, max_document_tokens=15000, max_new_tokens=512,
                        text_field="report", summary_field="summary", batch_size=4, batch_tokens=65536, **_):

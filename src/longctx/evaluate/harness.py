@@ -113,7 +113,11 @@ def run_harness(model, tokenizer, pairs: list[tuple[str, int]], max_length: int,
     return merged
 
 
-@register("harness")
+def lengths(section: dict, evaluation_lengths: list[int], original_context: int) -> list[int]:
+    return [original_context]  # short benchmarks: inside the original window
+
+
+@register("harness", order=70, lengths=lengths)
 def evaluate_harness(model, tokenizer, length: int, *, task_sets=("pi",), tasks=(), include_path=None, limit=None,
                      batch_size=8, seed=1234, **_):
     import lm_eval

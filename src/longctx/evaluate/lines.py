@@ -19,7 +19,7 @@ import random
 import re
 import time
 
-from longctx.evaluate.common import answer_prompts, encode_prompt, first_integer, words
+from longctx.evaluate.prompts import answer_prompts, encode_prompt, first_integer, words
 from longctx.evaluate.registry import EvaluationError, register
 
 HUB_PATH = "abacusai/LongChat-Lines"
@@ -167,7 +167,7 @@ def hub_examples(tokenizer, length: int, path: str, revision, template: str = "{
     return name, rows
 
 
-@register("lines")
+@register("lines", order=30, generates=True, min_length=min_length)
 def evaluate_lines(model, tokenizer, length: int, *, source="generate", examples=50, seed=1234, max_new_tokens=15,
                    hub_path=HUB_PATH, hub_revision=None, prompt_template="{prompt}", chat_template=False,
                    batch_size=16, batch_tokens=32768, **_):

@@ -12,9 +12,8 @@ import random
 import time
 from collections import defaultdict
 
-from longctx.evaluate.common import answer_prompts, encode, first_integer, words
-from longctx.evaluate.plan import grid_lengths  # noqa: F401  (PI's grid of lengths, for k_max)
-from longctx.evaluate.registry import EvaluationError, register
+from longctx.evaluate.prompts import answer_prompts, encode, first_integer, words
+from longctx.evaluate.registry import EvaluationError, plain_lengths, plain_settings, register
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -56,7 +55,25 @@ def trials(length: int, n: int, seed: int) -> list[tuple[int, float]]:
     return [(rng.randint(10000, 99999), rng.random()) for _ in range(n)]
 
 
-@register("passkey")
+def grid_lengths(max_length: int, points: int = 32) -> list[int]:
+    """PI's passkey grid: ``points`` lengths evenly spaced up to ``max_length`` (the last is it)."""
+    return sorted({int(round(max_length * (k + 1) / points)) for k in range(points)})
+
+
+def lengths(section: dict, evaluation_lengths: list[int], original_context: int) -> list[int]:
+    """Its own lengths, else PI's grid up to the longest evaluation length (``grid_points``), else those."""
+    if not section.get("lengths") and section["grid_points"]:
+        return grid_lengths(max(evaluation_lengths), section["grid_points"])
+    return plain_lengths(section, evaluation_lengths, original_context)
+
+
+def settings(section: dict) -> dict:
+    out = {k: v for k, v in plain_settings(section).items() if k != "grid_points"}
+    out["trials_per_length"] = out.pop("trials")
+    return out
+
+
+@register("passkey", order=20, generates=True, min_length=min_length, lengths=lengths, settings=settings)
 def evaluate_passkey(model, tokenizer, length: int, *, trials_per_length=10, seed=1234, max_new_tokens=10,
                      batch_size=16, batch_tokens=32768, **_):
     started = time.time()
@@ -119,7 +136,7 @@ def plot_heatmap(results: list[dict], path, title: str = "passkey retrieval", de
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from longctx.io import atomic_path
+    from longctx.artifacts import atomic_path
 
     lengths, edges, grid = depth_length_grid(results, depth_bins)
     if not lengths:

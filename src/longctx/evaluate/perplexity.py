@@ -19,23 +19,10 @@ import numpy as np
 import torch
 
 from longctx.data import TokenFile
-from longctx.evaluate.registry import EvaluationError, register
-from longctx.loss import chunked_nll
+from longctx.evaluate.registry import EvaluationError, plain_settings, register
+from longctx.models.loss import window_nll  # noqa: F401  (also this module's: perplexity of windows)
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def window_nll(model, windows: torch.Tensor, score_from: int = 0, chunk_size: int = 4096):
-    """Summed NLL of tokens ``score_from+1 ..`` in each window [B, N]; returns ([B] sums, count per window)."""
-    body = model.get_decoder()
-    hidden = body(input_ids=windows, use_cache=False).last_hidden_state[:, score_from:-1]
-    targets = windows[:, score_from + 1 :]
-    sums = []
-    for b in range(windows.shape[0]):
-        s, n = chunked_nll(hidden[b], model.get_output_embeddings(), targets[b], chunk_size)
-        sums.append(float(s))
-    return sums, targets.shape[1]
 
 
 def select_documents(data: TokenFile, length: int, max_documents, min_documents: int) -> list[int]:
@@ -65,7 +52,12 @@ def sliding_windows(n_tokens: int, length: int, stride: int) -> list[tuple[int, 
     return out
 
 
-@register("perplexity")
+def settings(section: dict) -> dict:
+    """The section's keys but the corpus and split, whose token files come as ``data_prefix``."""
+    return {k: v for k, v in plain_settings(section).items() if k not in ("corpus", "split")}
+
+
+@register("perplexity", order=10, reads_tokens=True, settings=settings)
 def evaluate_perplexity(model, tokenizer, length: int, *, data_prefix, mode="truncate", stride=256,
                         max_documents=None, min_documents=1, chunk_size=4096, batch_tokens=16384,
                         document_tokens=None, **_):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 
-from longctx.evaluate.common import answer_prompts, encode_prompt, mean_by, presence
-from longctx.evaluate.registry import EvaluationError, register
+from longctx.evaluate.prompts import answer_prompts, encode_prompt, mean_by, presence
+from longctx.evaluate.registry import EvaluationError, plain_settings, register
 
 HUB_PATHS = {"ffqa": "abacusai/WikiQA-Free_Form_QA", "altqa": "abacusai/WikiQA-Altered_Numeric_QA"}
 POSITIONS = ("start", "middle", "end", "absent")
@@ -123,11 +123,23 @@ def _evaluate(task: str, model, tokenizer, length: int, *, hub_path=None, hub_re
     }
 
 
-@register("wikiqa_ffqa")
+def _task_entry(task: str) -> dict:
+    """One evaluation per task of the ``wikiqa`` section: on when the section is and lists the task;
+    its dataset is the section's ``<task>_path``."""
+
+    def settings(section: dict) -> dict:
+        out = {k: v for k, v in plain_settings(section).items() if k not in ("tasks", "ffqa_path", "altqa_path")}
+        return {**out, "hub_path": section[f"{task}_path"]}
+
+    return {"section": "wikiqa", "generates": True, "settings": settings,
+            "enabled": lambda section: bool(section["enabled"]) and task in section["tasks"]}
+
+
+@register("wikiqa_ffqa", order=40, **_task_entry("ffqa"))
 def evaluate_ffqa(model, tokenizer, length: int, **settings):
     return _evaluate("ffqa", model, tokenizer, length, **settings)
 
 
-@register("wikiqa_altqa")
+@register("wikiqa_altqa", order=41, **_task_entry("altqa"))
 def evaluate_altqa(model, tokenizer, length: int, **settings):
     return _evaluate("altqa", model, tokenizer, length, **settings)

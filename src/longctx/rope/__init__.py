@@ -19,6 +19,7 @@ from longctx.rope.registry import (  # noqa: F401
     cos_sin,
     geometry_of,
     inverse_frequencies,
+    length_at,
     length_dependent_beyond,
     method_names,
     rope_spec_of,

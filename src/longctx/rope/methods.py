@@ -1,6 +1,6 @@
 """The RoPE scaling methods of PI, NTK-aware, YaRN, Giraffe, LongRoPE and xPos, one function each.
 
-Notation (REFERENCE section 1): d = head dim, b = base, L = original context, s = scale,
+Notation (as in the papers): d = head dim, b = base, L = original context, s = scale,
 theta_i = b^(-2i/d), i = 0 .. d/2-1. Frequencies are computed in float32 the way transformers
 computes its own types, so a custom type and the built-in it generalises agree bit for bit
 where the formulas coincide, and scale 1 reproduces unchanged RoPE exactly. Exceptions, where
@@ -12,6 +12,12 @@ Which form each method takes in a saved config:
   longrope without n_hat and with at most a short/long pair switching at L -> `longrope`;
   dynamic_ntk -> `dynamic` (factor 1) when max_position_embeddings is L;
   everything else -> a `longctx_*` type registered by ``import longctx``.
+
+Why one module: the methods share their notation, float32 conventions and helpers (theta, the NTK
+base, mscale), and reading them side by side is how one checks they agree where the papers say
+they coincide - as transformers keeps every rope type in one ``modeling_rope_utils``. Each method
+is one section: its frequency function, its validation and its registry entry; a new method is a
+new section and a test in tests/test_rope_formulas.py.
 """
 
 from __future__ import annotations

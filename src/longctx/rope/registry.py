@@ -24,6 +24,11 @@ class RopeMethodError(ValueError):
     """A RoPE method name or parameter is wrong; the message names which."""
 
 
+def length_at(scale: float, original_context: int) -> int:
+    """Tokens at ``scale`` times the original context: an extension's target length."""
+    return int(round(float(scale) * original_context))
+
+
 @dataclass(frozen=True)
 class RopeGeometry:
     """What a method needs to know about the model: head dimension, base and original context.
@@ -41,6 +46,9 @@ class RopeGeometry:
     @property
     def n_pairs(self) -> int:
         return self.head_dim // 2
+
+    def length_at(self, scale: float) -> int:
+        return length_at(scale, self.original_context)
 
     def theta(self, dtype=torch.float64) -> torch.Tensor:
         """theta_i = b^(-2i/d), i = 0 .. d/2-1, the per-pair frequencies of unchanged RoPE."""
@@ -80,7 +88,7 @@ class CustomRopeType:
     ``cache_stale(rope_parameters, cached_len, new_len)`` says whether keys cached while the
     sequence had ``cached_len`` tokens are rotated differently once it has ``new_len``: true at a
     LongRoPE factor-set switch, and at every step beyond L for the dynamic methods. Generation
-    with a KV cache must then recompute (see ``longctx.generation``).
+    with a KV cache must then recompute (see ``longctx.evaluate.generation``).
     """
 
     name: str

@@ -1,0 +1,217 @@
+"""An experiment's resolved views: its variants (plain and progressive chains), the run facts every
+job logs, lengths and corpora. Everything here reads a validated config and imports no torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+from longctx.rope.registry import length_at
+
+
+def scale_text(scale) -> str:
+    """4.0 -> "4", 2.5 -> "2.5": how a scale reads in names."""
+    scale = float(scale)
+    return str(int(scale)) if scale.is_integer() else f"{scale:g}"
+
+
+def variant_name(method: str, scale, search: bool = False, finetune: bool = False) -> str:
+    """``<method>-x<scale>``, ``-search`` when searched, ``-ft`` when fine-tuned (e.g. ``pi-x4-ft``)."""
+    return f"{method}-x{scale_text(scale)}" + ("-search" if search else "") + ("-ft" if finetune else "")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model variant: a RoPE method at a scale, maybe fine-tuned, maybe with searched factors."""
+
+    name: str
+    method: str
+    scale: float
+    params: dict
+    finetune: bool
+    search: bool
+    # progressive LongRoPE chains (``chain_variants``); the defaults describe a plain variant
+    start: str | None = None  # the fine-tuned variant whose weights this one starts from (None: the base model)
+    finetune_steps: int | None = None  # a chain step's fine-tune steps (None: finetune.steps)
+    chain: str | None = None  # the chain this variant is a stage of
+    recovery_of: str | None = None  # recovery stage: the chain step whose long factors it completes
+    recovery_lengths: tuple = ()  # recovery stage: the lengths of its short factor sets
+    recovery_lambda_max: float | None = None  # recovery stage: the bound of lambda (None: that of each length)
+
+    def target_length(self, original_context: int) -> int:
+        """The length this variant extends to: scale x the original context."""
+        return length_at(self.scale, original_context)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Variant":
+        """Back from its JSON form (``asdict``), as a job receives it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"variant: unknown fields {unknown}")
+        d = dict(d)
+        d["recovery_lengths"] = tuple(d.get("recovery_lengths") or ())
+        d["scale"] = float(d["scale"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def spec(self) -> dict:
+        return {"method": self.method, "scale": self.scale, "params": self.params}
+
+
+BASE = Variant(name="base", method="none", scale=1.0, params={}, finetune=False, search=False)
+
+
+def variants(config: dict) -> list[Variant]:
+    """All variants, the base model first."""
+    out = [BASE]
+    for v in config["variants"]:
+        name = v["name"] or variant_name(v["method"], v["scale"], v["search"], v["finetune"])
+        out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), v["finetune"], v["search"]))
+    if config.get("progressive"):
+        out += chain_variants(config, original_context(config))
+    return out
+
+
+# factor sets a variant carries from an earlier search, not what it searches with
+SEARCH_RESULT_PARAMS = ("factors", "n_hat", "factor_sets")
+
+
+def search_owners(variants: list[Variant]) -> dict[str, str]:
+    """Each searched variant -> the variant whose search it uses.
+
+    Two variants that search the same weights (``start``) at the same scale with the same method
+    parameters would run the same search (same data, settings and seed): the first of them owns it
+    and the others read its factors - e.g. a standalone ``longrope-x4-search`` and a progressive
+    chain's first step at 4x. A recovery search is always its own.
+    """
+    owners, first = {}, {}
+    for v in variants:
+        if not v.search:
+            continue
+        if v.recovery_of:
+            owners[v.name] = v.name
+            continue
+        params = {k: p for k, p in v.params.items() if k not in SEARCH_RESULT_PARAMS}
+        key = (v.start, v.method, v.scale, json.dumps(params, sort_keys=True))
+        owners[v.name] = first.setdefault(key, v.name)
+    return owners
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The facts of an experiment every job logs and uses: its name, the model, L and the seed."""
+
+    experiment: str
+    model_source: str
+    model: str
+    original_context: int
+    seed: int
+
+    @classmethod
+    def of(cls, config: dict) -> "RunInfo":
+        return cls(experiment=config["experiment"], model_source=config["model"]["source"],
+                   model=config["model"]["name_or_path"] or "pretrain", original_context=original_context(config),
+                   seed=config["seed"])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunInfo":
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def original_context(config: dict) -> int:
+    model = config["model"]
+    if model["source"] == "pretrain":
+        return model["original_context"] or model["pretrain"]["context"]
+    return model["original_context"]
+
+
+def eval_lengths(config: dict) -> list[int]:
+    ev = config["evaluate"]
+    if ev["lengths"]:
+        return sorted(set(ev["lengths"]))
+    L = original_context(config)
+    return sorted({length_at(m, L) for m in ev["length_multiples"]})
+
+
+def first_corpus(config: dict) -> str:
+    return next(iter(config["corpora"]))
+
+
+def train_corpus(config: dict, stage: str) -> str:
+    """Corpus used for training in ``stage`` (``pretrain`` or ``finetune``)."""
+    if stage == "finetune" and config["finetune"]["corpus"]:
+        return config["finetune"]["corpus"]
+    return config["model"]["pretrain"]["corpus"] or first_corpus(config)
+
+
+def eval_corpus(config: dict) -> str:
+    return config["evaluate"]["perplexity"]["corpus"] or first_corpus(config)
+
+
+def search_corpus(config: dict) -> str:
+    return config["search"]["corpus"] or eval_corpus(config)
+
+
+
+
+# --- LongRoPE's progressive extension (paper section 3.3) as variants ---------------------------------
+
+
+def chain_name(config: dict, index: int) -> str:
+    chain = config["progressive"][index]
+    if chain["name"]:
+        return chain["name"]
+    return "longrope-chain" if len(config["progressive"]) == 1 else f"longrope-chain{index + 1}"
+
+
+def chain_variants(config: dict, original_context: int) -> list:
+    """The variants of every chain, in DAG order: its steps, then its recovered final model.
+
+    A chain (config ``progressive``) is a list of steps ``(scale, fine-tune steps or none)`` and a list
+    of short-context recovery lengths. It resolves into ordinary variants, so every stage is
+    evaluated and reported like any other:
+    
+    - step 1: search at ``s1 x L`` on the base model, then fine-tune at that length if asked;
+    - step k: search at ``sk x L`` on the weights of the last fine-tuned step, the new factors
+      multiplying those the weights were fine-tuned with (secondary search, ``lambda_ft * lambda'``);
+      fine-tune if asked (from those weights);
+    - recovery: on the final weights, search a factor set for each recovery length (sequences of at
+      most that many tokens), with the lower maximum lambda of that length; the final variant carries
+      all its factor sets (``longrope`` ``factor_sets`` with ``max_length``) and picks one by sequence
+      length.
+    
+        longrope-chain-x4-ft        search at 4L on base, fine-tune at 4L
+        longrope-chain-x8           secondary search at 8L on the 4L fine-tuned weights
+        longrope-chain-x8-recovery  + factor set for sequences up to L, searched at L
+    """
+    out = []
+    for index, chain in enumerate(config["progressive"]):
+        name = chain_name(config, index)
+        start = None  # the last fine-tuned step: the weights later steps start from
+        last = None
+        for step in chain["steps"]:
+            finetune = step["finetune_steps"] is not None
+            variant = Variant(
+                name=f"{name}-x{scale_text(step['scale'])}" + ("-ft" if finetune else ""),
+                method="longrope", scale=float(step["scale"]), params=dict(chain["params"]),
+                finetune=finetune, search=True, start=start, finetune_steps=step["finetune_steps"], chain=name,
+            )
+            out.append(variant)
+            last = variant
+            if finetune:
+                start = variant.name
+        if chain["recovery"]:
+            lengths = tuple(sorted({length_at(m, original_context) for m in chain["recovery"]}))
+            out.append(Variant(
+                name=f"{last.name.removesuffix('-ft')}-recovery", method="longrope", scale=last.scale,
+                params=dict(chain["params"]), finetune=False, search=True, start=start, chain=name,
+                recovery_of=last.name, recovery_lengths=lengths, recovery_lambda_max=chain["recovery_lambda_max"],
+            ))
+    return out

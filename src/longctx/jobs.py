@@ -1,0 +1,306 @@
+"""The workflow's jobs: one function per rule, keyword-only arguments, outputs written atomically.
+
+A rule runs ``python -m longctx <job> --<argument> ...``; the command line is generated from these
+signatures (``longctx.cli``), so a job's arguments are declared once, here: adding one is adding a
+keyword parameter (and the rule passing it). Structured arguments arrive rebuilt: ``variant`` is a
+``Variant``, ``run`` a ``RunInfo`` (the experiment's facts every job logs: name, model, original
+context L, seed). Each job is usable from Python too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from longctx import tracking
+from longctx.artifacts import read_json, write_json
+from longctx.config import BASE, SEARCH_RESULT_PARAMS, RunInfo, Variant
+
+log = logging.getLogger(__name__)
+
+
+# --- data and the base model ---------------------------------------------------------------------
+
+
+def tokenizer(*, config: dict, out: Path) -> None:
+    """Train the BPE tokenizer on the pretraining corpus, or copy the source model's (``config``: the
+    ``model``, ``corpora`` and ``seed`` sections)."""
+    from longctx.artifacts import atomic_dir
+    from longctx.config import train_corpus
+    from longctx.data import iter_documents, train_tokenizer
+    from longctx.models.sources import import_tokenizer
+
+    model = config["model"]
+    if model["source"] != "pretrain":
+        import_tokenizer(model, out)
+        return
+    corpus = config["corpora"][train_corpus(config, "pretrain")]
+    with atomic_dir(out) as tmp:
+        train_tokenizer((text for _, text in iter_documents(corpus, "train")), model["pretrain"]["vocab_size"], tmp)
+
+
+def prepare(*, corpus: dict, split: str, tokenizer: Path, out_prefix: Path, run: RunInfo) -> None:
+    """Tokenize one split of a corpus into token files (``longctx.data``)."""
+    from longctx.data import prepare_split
+
+    with tracking.job(run, "prepare", dataset=Path(out_prefix).parent.name, split=split) as tracker:
+        meta = prepare_split(corpus, split, tokenizer, out_prefix)
+        tracker.summary({"documents": meta["documents"], "tokens": meta["tokens"]})
+
+
+def base_model(*, config: dict, tokenizer: Path, out: Path, run: RunInfo, train_data: Path | None = None,
+               work_dir: Path | None = None) -> None:
+    """Pretrain the small model on ``train_data``, or import the source model (``config``: the ``model``
+    and ``seed`` sections); safetensors and the tokenizer in ``out``."""
+    from longctx.data import load_tokenizer
+
+    model_cfg = config["model"]
+    stage = "pretrain" if model_cfg["source"] == "pretrain" else "import"
+    tok = load_tokenizer(tokenizer)
+    with tracking.job(run, stage, BASE, dataset=Path(train_data).parent.name if train_data else None,
+                      **model_cfg) as tracker:
+        if stage == "pretrain":
+            summary = _pretrain(model_cfg["pretrain"], config["seed"], tok, train_data, out, work_dir, tracker)
+        else:
+            from longctx.models.sources import import_model
+
+            summary = import_model(model_cfg, tok, out)
+        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+
+
+def _pretrain(pretrain: dict, seed: int, tok, train_data, out, work_dir, tracker) -> dict:
+    from longctx.models.llama import new_pretrain_model
+    from longctx.train import TrainSettings, train
+
+    p = pretrain
+    model = new_pretrain_model(p, len(tok), tok.bos_token_id, tok.eos_token_id, seed)
+    settings = TrainSettings(
+        seq_len=p["context"], steps=p["steps"], batch_size=p["batch_size"], micro_batch_size=p["batch_size"],
+        lr=p["lr"], warmup_steps=p["warmup_steps"], schedule="cosine", weight_decay=0.1, grad_clip=1.0,
+        checkpoint_every=max(p["steps"] // 4, 1), log_every=max(p["steps"] // 20, 1), seed=seed,
+    )
+    out = Path(out)
+    summary = train(model, train_data, settings, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker)
+    tok.save_pretrained(out)
+    return summary
+
+
+# --- extended models ------------------------------------------------------------------------------
+
+
+def extended_model(model_dir, variant: Variant, factors_file=None, device="cpu", dtype=None):
+    """Load a model folder and apply the variant's RoPE method (searched factors if given)."""
+    from longctx.models import load_model
+    from longctx.rope import apply_to_model
+
+    model = load_model(model_dir, device=device, dtype=dtype)
+    params = dict(variant.params)
+    if factors_file:
+        found = read_json(factors_file)
+        # a search result says which longrope parameters it gives (factors, or a chain's factor sets)
+        params.update(found.get("rope_params") or {"factors": found["factors"], "n_hat": found["n_hat"]})
+    if variant.method != "none":
+        # a fine-tuned folder already carries this method; applying it again gives the same RoPE
+        apply_to_model(model, variant.method, variant.scale, params)
+    return model
+
+
+def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: dict, run: RunInfo,
+             device: str = "auto", factors: Path | None = None, work_dir: Path | None = None) -> None:
+    """Fine-tune ``variant`` at its target length on the token files ``data`` (``finetune`` settings)."""
+    from longctx.data import load_tokenizer
+    from longctx.models import pick_device
+    from longctx.train import TrainSettings, train
+
+    if variant.finetune_steps:  # a progressive chain's step sets its own number of steps
+        settings = {**settings, "steps": variant.finetune_steps}
+    # loaded on the CPU: the trainer's strategy places it (one GPU, DDP, FSDP shards, DeepSpeed)
+    extended = extended_model(model, variant, factors, device="cpu")
+    target = variant.target_length(run.original_context)
+    ts = TrainSettings.from_config(settings, seq_len=target, seed=run.seed)
+    out = Path(out)
+    with tracking.job(run, "finetune", variant, target, Path(data).parent.name, **settings) as tracker:
+        summary = train(extended, data, ts, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker,
+                        device=pick_device(device).type, base_model_path=model)
+        tracker.summary({"final_loss": summary["final_loss"]})
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of a multi-process run writes it once
+        load_tokenizer(model).save_pretrained(out)
+
+
+# --- LongRoPE search ------------------------------------------------------------------------------
+
+
+def _search_windows(data_prefix, length: int, settings: dict, seed: int):
+    """The fitness documents cut to ``length`` [D, length], and their ids; too few is an error (before any model)."""
+    import numpy as np
+    import torch
+
+    from longctx.data import TokenFile
+    from longctx.search import pick_documents
+
+    data = TokenFile.open(data_prefix)
+    lengths = [int(b - a) for a, b in data.bounds]
+    docs = pick_documents(lengths, length, settings["documents"], seed, f"search data {data.prefix}")
+    windows = torch.from_numpy(np.stack([np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]))
+    return windows, [data.meta["document_ids"][i] for i in docs]
+
+
+def _search_model(model_dir, settings: dict, device: str, original_context: int):
+    from longctx.models import load_model, pick_device
+    from longctx.rope import geometry_of
+    from longctx.search import SearchError
+
+    dev = pick_device(device)
+    model = load_model(model_dir, device=dev, dtype=settings.get("dtype") or ("bfloat16" if dev.type == "cuda" else None))
+    geometry = geometry_of(model.config)
+    if geometry.original_context != original_context:
+        raise SearchError(f"{model_dir}: the model's original context is {geometry.original_context}, the config "
+                          f"says {original_context} (model.original_context)")
+    return model, geometry
+
+
+def _search_progress(tracker):
+    def progress(row):
+        tracker.log({"search/best_perplexity": row["best_perplexity"], "search/mean_perplexity": row["mean_perplexity"],
+                     "search/evaluated": row["evaluated"], "search/abandoned": row["abandoned"],
+                     "search/best_n_hat": row["best_n_hat"]}, step=row["iteration"])
+
+    return progress
+
+
+HISTORY_COLUMNS = ["iteration", "best_perplexity", "mean_perplexity", "evaluated", "abandoned", "best_n_hat", "seconds"]
+
+
+def _search_summary(tracker, record: dict) -> None:
+    """The best factor curve against the seeds, the per-iteration table and the final numbers."""
+    names = {"pi": "PI", "ntk": "NTK-aware", "yarn": "YaRN"}
+    series = {names.get(k, k): list(enumerate(v)) for k, v in record["seeds"].items()}
+    series["searched (best)"] = list(enumerate(record["factors"]))
+    tracker.line_series("search/factors", series, f"LongRoPE factors at {record['length']} tokens", "dimension pair i")
+    tracker.table("search/history", HISTORY_COLUMNS, [[h[k] for k in HISTORY_COLUMNS] for h in record["history"]])
+    tracker.summary({"best_perplexity": record["perplexity"], "n_hat": record["n_hat"],
+                     "evaluated": record["evaluated"], "abandoned": record["abandoned"],
+                     **{f"timing/{k}": v for k, v in record["timing"].items() if v is not None}})
+
+
+def search(*, model: Path, data: Path, out: Path, variant: Variant, settings: dict, run: RunInfo,
+           device: str = "auto", log_file: Path | None = None, base_factors: Path | None = None,
+           chunk_size: int = 4096) -> None:
+    """LongRoPE factor search at the variant's target length on validation documents.
+
+    With ``base_factors`` (the search result a model was fine-tuned with), a secondary search: the
+    new factors multiply those (a progressive chain's later step, ``longctx.config.chain_variants``).
+    """
+    from longctx.search import plain_task, run_search, secondary_task, settings_at
+
+    target = variant.target_length(run.original_context)
+    settings = settings_at(settings, target)
+    windows, doc_ids = _search_windows(data, target, settings, run.seed)
+    loaded, geometry = _search_model(model, settings, device, run.original_context)
+    params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
+    if base_factors:
+        tuned = read_json(base_factors)
+        task = secondary_task(geometry, variant.scale, tuned.get("rope_scale", tuned["scale"]), tuned["factors"],
+                              settings, params)
+    else:
+        task = plain_task(geometry, variant.scale, settings, params)
+    log_file = Path(log_file or Path(out).with_suffix(".log.jsonl"))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with tracking.job(run, "search", variant, target, Path(data).parent.name, search_kind=task.kind,
+                      **settings) as tracker:
+        record = run_search(loaded, windows, task, settings, run.seed, log_file, _search_progress(tracker),
+                            chunk_size)
+        _search_summary(tracker, record)
+    write_json(out, {**record, "documents": doc_ids})
+
+
+def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: dict, run: RunInfo,
+             long_factors: Path, device: str = "auto", log_dir: Path | None = None, chunk_size: int = 4096) -> None:
+    """Short-context recovery: a factor set per recovery length for the chain's final model, which
+    then carries them all with the long set (``longctx.search.final_record``)."""
+    from longctx.search import final_record, recovery_task, run_search, settings_at
+
+    long_record = read_json(long_factors)
+    long_params = long_record["rope_params"]
+    lengths = [int(x) for x in variant.recovery_lengths]
+    per_length = {n: settings_at(settings, n) for n in lengths}
+    windows = {n: _search_windows(data, n, per_length[n], run.seed) for n in lengths}  # all checked first
+    loaded, geometry = _search_model(model, settings, device, run.original_context)
+    params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
+    log_dir = Path(log_dir or Path(out).parent)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for n in lengths:
+        task = recovery_task(geometry, n, variant.scale, {"factors": long_params["factors"],
+                                                          "n_hat": long_params["n_hat"]},
+                             per_length[n], params, variant.recovery_lambda_max)
+        with tracking.job(run, "search", variant, n, Path(data).parent.name, search_kind=task.kind,
+                          **per_length[n]) as tracker:
+            record = run_search(loaded, windows[n][0], task, per_length[n], run.seed, log_dir / f"recovery-{n}.jsonl",
+                                _search_progress(tracker), chunk_size)
+            _search_summary(tracker, record)
+        records.append({**record, "documents": windows[n][1]})
+    write_json(out, final_record(long_record, records, variant.recovery_of))
+
+
+# --- evaluation and the report --------------------------------------------------------------------
+
+
+def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, length: int, settings: dict,
+             run: RunInfo, device: str = "auto", data: Path | None = None, factors: Path | None = None) -> None:
+    """One evaluation of one variant at one length, as one JSON (non-finite metrics recorded as diverged)."""
+    from longctx.data import load_tokenizer
+    from longctx.evaluate import EVALUATIONS, EvaluationError
+    from longctx.evaluate.registry import record_non_finite
+    from longctx.models import pick_device
+
+    if evaluation not in EVALUATIONS:  # before the model loads
+        raise EvaluationError(f"unknown evaluation {evaluation!r}; known: {', '.join(sorted(EVALUATIONS))}")
+    loaded = extended_model(model, variant, factors, device=pick_device(device))
+    tok = load_tokenizer(model)
+    dataset = Path(data).parent.name if data else evaluation
+    with tracking.job(run, f"eval-{evaluation}", variant, length, dataset, **settings) as tracker:
+        result = EVALUATIONS[evaluation](loaded, tok, length, data_prefix=data, seed=run.seed, **settings)
+        result["variant"] = variant.name
+        result["rope"] = loaded.config.rope_parameters.get("rope_type")
+        result.setdefault("dataset", dataset)
+        record_non_finite(result)
+        if result.get("diverged"):
+            log.warning("%s of %s at %d is not finite (%s): recorded as diverged", evaluation, variant.name,
+                        length, ", ".join(result["diverged"]))
+        tracking.log_evaluation(tracker, result, variant)
+    write_json(out, result)
+
+
+def report(*, results: list[Path], variants: list[Variant], run: RunInfo, dataset: str, out_md: Path,
+           out_csv: Path, out_html: Path | None = None, plots: Path | None = None, search: list[Path] = (),
+           dataset_id: list[str] = (), finetune_steps: int | None = None) -> None:
+    """summary.csv, report.md/.html and plots; one W&B ``report`` run logs the cross-method tables.
+
+    ``dataset`` names the perplexity corpus and ``dataset_id`` its other names (hub path, folder),
+    so the papers' rows for PG19 or Proof-pile can be matched."""
+    from longctx.report import write_report
+    from longctx.report.paper_numbers import Setting
+
+    loaded = [read_json(p) for p in results]
+    datasets = {}
+    for r in loaded:  # what names each evaluation's data: its dataset, and the evaluation's own name
+        datasets.setdefault(r["eval"], set()).update(
+            [r["eval"], r.get("dataset") or (dataset if r["eval"] == "perplexity" else r["eval"])])
+    datasets.setdefault("perplexity", set()).update([dataset, *dataset_id])
+    setting = Setting(model=run.model, datasets={k: sorted(v) for k, v in datasets.items()},
+                      finetune_steps=finetune_steps)
+    with tracking.job(run, "report", dataset=dataset, results=len(results)) as tracker:
+        write_report(results, [v.to_dict() for v in variants], run.to_dict(), dataset, out_md, out_csv, out_html,
+                     plots, search, setting, tracker)
+
+
+def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None) -> None:
+    """Several experiments' summary.csv side by side (``results/compare.md``)."""
+    from longctx.report import compare as side_by_side
+
+    side_by_side(summaries, out_md, out_csv)
+
+
+JOBS = (tokenizer, prepare, base_model, finetune, search, recovery, evaluate, report, compare)
