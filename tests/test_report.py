@@ -291,3 +291,34 @@ def test_a_diverged_metric_shows_as_diverged_not_as_missing(tmp_path):
                                                                       ("nll", None, "diverged")}
     # the other cells are unaffected, and the best value at 8192 is still picked among real numbers
     assert "**[8.90](eval/longrope-x4-search/perplexity-8192.json)**" in (root / "report.md").read_text()
+
+
+def test_summary_csv_sources_are_relative_so_results_can_move(tmp_path):
+    """summary.csv names each JSON relative to the experiment's folder; after the results move, the
+    comparison still links every number to its JSON, also for a summary.csv written with absolute
+    paths on another machine (docs/smollm2/summary.csv)."""
+    root, _ = build(tmp_path / "before")
+    with open(root / "summary.csv") as f:
+        sources = {r["source"] for r in csv.DictReader(f)}
+    assert sources and all(not s.startswith("/") and (root / s).is_file() for s in sources), sorted(sources)[:3]
+    assert "eval/pi-x4-ft/perplexity-4096.json" in sources
+    moved = tmp_path / "after" / "results"
+    shutil.move(str(root.parent), str(moved))
+    # an older summary.csv of another experiment, with the absolute paths of the machine it ran on
+    legacy = moved / "legacy"
+    shutil.copytree(moved / "toy" / "eval", legacy / "eval")
+    with open(moved / "toy" / "summary.csv") as f:
+        rows = [{**r, "experiment": "legacy", "source": f"/root/elsewhere/results/legacy/{r['source']}"}
+                for r in csv.DictReader(f)]
+    with open(legacy / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = moved / "compare.md"
+    compare([moved / "toy" / "summary.csv", legacy / "summary.csv"], out, moved / "compare.csv")
+    links = re.findall(r"\[([0-9.]+)\]\(([^)]+\.json)\)", out.read_text())
+    assert {link.split("/")[0] for _, link in links} == {"toy", "legacy"}
+    for _, link in links:
+        assert (out.parent / link).is_file(), link
+    with open(moved / "compare.csv") as f:
+        assert all(not r["source"].startswith("/") for r in csv.DictReader(f))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from pathlib import Path
 
 from longctx.artifacts import atomic_path, read_json
@@ -65,13 +66,33 @@ def collect(results: list[tuple[str, dict]], variants: list[dict], experiment: s
 
 
 def write_csv(rows: list[dict], path) -> None:
+    """The rows as CSV; each ``source`` relative to the file's folder (summary.csv: to the experiment's
+    folder, ``eval/<variant>/<eval>-<length>.json``), so the results can move as a whole."""
+    here = Path(path).parent
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "source": os.path.relpath(r["source"], here)} if r.get("source") else r for r in rows)
+
+
+def _anchored(source: str, here: Path, experiment: str) -> str:
+    """A row's ``source`` as a path from the working directory: relative ones are relative to the CSV's
+    folder; an absolute one that is not there (written by an older version, on another machine) is
+    looked for at its part after ``/<experiment>/`` beside the CSV."""
+    if not source:
+        return source
+    if not os.path.isabs(source):
+        return os.path.normpath(os.path.join(here, source))
+    parts = Path(source).parts
+    if not os.path.exists(source) and experiment in parts:
+        moved = here.joinpath(*parts[len(parts) - parts[::-1].index(experiment):])
+        if moved.exists():
+            return str(moved)
+    return source
 
 
 def read_csv(path) -> list[dict]:
+    """The rows of a summary.csv (or compare.csv), each ``source`` a path from the working directory."""
     path = Path(path)
     if not path.exists():
         raise ReportError(f"{path} does not exist: build that experiment's report first")
@@ -81,6 +102,7 @@ def read_csv(path) -> list[dict]:
         r["length"], r["scale"] = int(r["length"]), float(r["scale"])
         r["value"] = float(r["value"]) if r["value"] not in ("", None) else None
         r["status"] = r.get("status") or "ok"  # summary.csv files written before the status column
+        r["source"] = _anchored(r.get("source") or "", path.parent, r["experiment"])
     return rows
 
 
