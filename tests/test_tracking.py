@@ -5,6 +5,9 @@ the numbers summary.csv holds, and no secret reaches a file."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -199,3 +202,114 @@ def test_disabled_mode_logs_nothing(tmp_path, monkeypatch):
         tracker.log({"x": 1})
         tracker.table("t", ["a"], [[1]])
     assert not list(tmp_path.iterdir())  # no run folder where offline runs would go
+
+
+def _default_experiment_run_names() -> list[str]:
+    """The run name of every job of the embedded default that logs to W&B, as jobs.py starts them."""
+    config = lc.load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    run = lc.RunInfo.of(config).to_dict()
+    L = lc.original_context(config)
+    variants = lc.variants(config)
+    owners = lc.search_owners(variants)
+    configs = [tracking.run_config(run, "prepare", dataset="austen", split=s) for s in ("train", "validation", "test")]
+    configs += [tracking.run_config(run, "pretrain", lc.BASE), tracking.run_config(run, "report")]
+    for v in variants:  # the base model among them
+        target = v.target_length(L)
+        if v.finetune:
+            configs.append(tracking.run_config(run, "finetune", v, target))
+        if v.recovery_of:  # one search run per recovery length
+            configs += [tracking.run_config(run, "search", v, n) for n in v.recovery_lengths]
+        elif v.search and owners[v.name] == v.name:
+            configs.append(tracking.run_config(run, "search", v, target))
+        for e in plan.enabled_evaluations(config):
+            configs += [tracking.run_config(run, f"eval-{e}", v, n) for n in plan.lengths_for(config, e)]
+    return [tracking.run_name(c) for c in configs]
+
+
+def test_every_job_of_the_default_experiment_has_its_own_run_name():
+    """Issue 20: longrope-prog-x8 and longrope-prog-x8-recovery shared their names (10 pairs)."""
+    names = _default_experiment_run_names()
+    assert len(names) > 60
+    assert [n for n, k in Counter(names).items() if k > 1] == []
+    assert "pretrain|longrope-prog-x8-recovery|eval-perplexity@1024" in names
+    assert "pretrain|longrope-prog-x8|eval-perplexity@1024" in names
+    assert "pretrain|longrope-prog-x8-recovery|search@128" in names and "pretrain|longrope-prog-x8|search" in names
+
+
+def _run_job(env: dict, variant: str, final_loss: float) -> None:
+    """One fine-tune job's W&B run, in its own process as the workflow's jobs are (wandb writes an
+    offline run's file completely by the time its process ends)."""
+    code = ("import sys; from longctx import tracking\n"
+            "run = {'experiment': 'again', 'model_source': 'pretrain', 'model': 'pretrain', 'original_context': 64,"
+            " 'seed': 1}\n"
+            "variant = {'name': sys.argv[1], 'method': 'pi', 'scale': 2.0, 'params': {}, 'finetune': True,"
+            " 'search': False}\n"
+            "with tracking.job(run, 'finetune', variant, 128) as t:\n"
+            "    t.summary({'final_loss': float(sys.argv[2])})\n")
+    subprocess.run([sys.executable, "-c", code, variant, str(final_loss)], env=env, check=True, timeout=120)
+
+
+def test_a_job_that_runs_again_supersedes_its_earlier_runs(tmp_path, capsys):
+    """A killed or rerun job leaves several runs of one job: the latest keeps the tag `latest`, the
+    earlier ones move to wandb/superseded/ (sync them with --replace-tags latest=superseded), and
+    `python -m longctx wandb-runs --latest` lists one run per job."""
+    from longctx.cli import main
+
+    env = {**os.environ, tracking.ENV: json.dumps({"mode": "offline", "project": "p", "experiment": "again",
+                                                   "dir": str(tmp_path)}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(tracking.__file__).parents[2]),
+                                                       os.environ.get("PYTHONPATH")]))}
+    _run_job(env, "pi-x2-ft", 3.0)  # killed, say
+    _run_job(env, "pi-x2-ft", 2.0)  # its retry
+    _run_job(env, "pi-x4-ft", 1.0)  # another job
+    latest = tracking.offline_runs(tmp_path / "wandb")
+    assert [(r.name, r.summary["final_loss"]) for r in latest] == [("pretrain|pi-x2-ft|finetune", 2.0),
+                                                                    ("pretrain|pi-x4-ft|finetune", 1.0)]
+    assert all("latest" in r.tags and not r.superseded for r in latest)
+    every = tracking.offline_runs(tmp_path / "wandb", superseded=True)
+    (old,) = [r for r in every if r.superseded]
+    assert old.summary["final_loss"] == 3.0 and old.path.parent == tmp_path / "wandb" / "superseded"
+    assert tracking.latest_runs(every) == latest
+    capsys.readouterr()
+    assert main(["wandb-runs", "--latest", str(tmp_path / "wandb")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("  latest  " in line for line in lines)
+    assert main(["wandb-runs", str(tmp_path / "wandb")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[1] for line in lines) == ["latest", "latest", "superseded"]
+
+
+def test_online_runs_of_a_job_that_runs_again_are_retagged_through_the_api(monkeypatch):
+    """Online, the earlier runs (found by group and name) lose `latest` and get `superseded`; an API
+    that cannot be reached leaves a warning, and the new run is logged anyway."""
+    import wandb
+
+    updated = []
+
+    class Run:
+        def __init__(self, tags):
+            self.tags = tags
+
+        def update(self):
+            updated.append(list(self.tags))
+
+    class Api:
+        default_entity = "me"
+
+        def __init__(self, timeout):
+            pass
+
+        def runs(self, path, filters):
+            assert path == "team/p" and filters == {"group": "e", "display_name": "m|v|finetune",
+                                                    "tags": {"$in": ["latest"]}}
+            return [Run(["e", "latest", "finetune"])]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    s = {"mode": "online", "project": "p", "entity": "team", "experiment": "e", "dir": "/nowhere"}
+    assert len(tracking.supersede(s, "m|v|finetune")) == 1 and updated == [["e", "finetune", "superseded"]]
+
+    def unreachable(timeout):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(wandb, "Api", unreachable)
+    assert tracking.supersede(s, "m|v|finetune") == []

@@ -8,7 +8,8 @@ An annotation says how a value is read: ``Path``, ``str``, ``int``, ``float`` as
 ``list[Path]`` / ``list[str]`` as any number of words; ``list[Variant]`` as a JSON list. A parameter
 without a default is required; ``X | None`` is optional.
 
-Besides the jobs, commands for people: ``check-config``, ``methods``, ``wandb-runs``.
+Besides the jobs, commands for people: ``check-config``, ``methods``, ``wandb-runs`` (offline W&B
+runs, ``--latest``: one per job).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and print the resolved config")
     c.add_argument("config")
     sub.add_parser("methods", help="list the RoPE methods and their parameters")
-    c = sub.add_parser("wandb-runs", help="list the offline W&B runs under a folder: name, group, job_type, summary")
+    c = sub.add_parser("wandb-runs", help="list the offline W&B runs under a folder: name, group, job_type, summary; "
+                                          "earlier runs of a job that ran again are marked superseded")
     c.add_argument("folder", help="e.g. results/<experiment>/wandb")
+    c.add_argument("--latest", action="store_true", help="only the latest run of each job")
 
     for fn in jobs.JOBS:
         add_job(sub, fn)
@@ -125,12 +128,13 @@ def main(argv=None) -> int:
             for k, v in m.defaults.items():
                 print(f"{'':12s}{k}: {v!r}")
     elif args.command == "wandb-runs":
-        from longctx.tracking.offline import offline_runs
+        from longctx.tracking.offline import latest_runs, offline_runs
 
-        for r in offline_runs(args.folder):
+        runs = offline_runs(args.folder, superseded=not args.latest)
+        for r in latest_runs(runs) if args.latest else runs:
             numbers = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float))}
-            print(f"{r.path.name}  group={r.group}  job_type={r.job_type}  name={r.name}  "
-                  f"tags={','.join(r.tags)}  {json.dumps(numbers)}")
+            print(f"{r.path.name}  {'superseded' if r.superseded else 'latest'}  group={r.group}  "
+                  f"job_type={r.job_type}  name={r.name}  tags={','.join(r.tags)}  {json.dumps(numbers)}")
     return 0
 
 

@@ -3,8 +3,11 @@
 Every job is one run:
 - project from config (``wandb.project``), group = experiment, job_type = stage (``prepare``,
   ``pretrain`` or ``import``, ``finetune``, ``search``, ``eval-<name>``, ``report``);
-- name from model, method, scale and stage (``run_name``), e.g. ``pretrain|pi-x4-ft|eval-perplexity@512``;
-- tags: experiment, stage, method, scale, ``finetuned``/``searched``, plus ``wandb.tags``;
+- name from model, variant and stage (``run_name``), e.g. ``pretrain|pi-x4-ft|eval-perplexity@512``: one
+  name per job of an experiment;
+- tags: experiment, stage, method, scale, ``finetuned``/``searched``, plus ``wandb.tags``, and
+  ``latest``: a job that runs again (a retry, a rerun) marks its earlier runs ``superseded``
+  (``supersede``), so filtering on ``latest`` leaves one run per job;
 - config (``run_config``): the same top-level keys in every run (``SHARED_KEYS``; ``None`` where a
   key does not apply), the stage's own settings under ``settings`` and the whole resolved
   experiment config under ``experiment_config``, so W&B can group and filter by method, scale,
@@ -95,23 +98,34 @@ def _plain(x):
 
 
 def run_name(config: dict) -> str:
-    """``<model>|<method>-x<scale>[-search][-ft]|<stage>[@<length>]`` from a ``run_config``.
+    """``<model>|<variant>|<stage>[@<length>]`` from a ``run_config``: one name per job.
 
-    The length is the evaluation length (eval stages) or the dataset and split (prepare).
+    The variant is its name in the experiment (``longrope-prog-x8-recovery``; ``<method>-x<scale>
+    [-search][-ft]`` when a config has none); two variants of one method and scale (a progressive
+    chain's step and its recovery) differ by it. The length is the evaluation length (eval stages),
+    a search length other than the target (a recovery search, one run per length), or the dataset
+    and split (prepare).
     """
     variant = {"method": config.get("method"), "scale": config.get("scale"), "search": config.get("searched"),
                "finetune": config.get("finetuned")} if config.get("method") else None
-    parts = [_short_model(config["model"]), variant_label(variant) if variant else None, config["stage"]]
+    label = config.get("variant") or (variant_label(variant) if variant else None)
+    parts = [_short_model(config["model"]), label, config["stage"]]
     name = "|".join(p for p in parts if p)
-    if config.get("length") is not None and config["stage"].startswith("eval-"):
-        name += f"@{config['length']}"  # training and search run at the target length the scale gives
+    length = config.get("length")
+    if length is not None and config["stage"].startswith("eval-"):
+        name += f"@{length}"  # training and search run at the target length the scale gives
+    elif length is not None and config["stage"] == "search" and length != config.get("target_length"):
+        name += f"@{length}"
     elif config["stage"] == "prepare":
         name += "@" + "/".join(str(x) for x in (config.get("dataset"), (config.get("settings") or {}).get("split")) if x)
     return name
 
 
+LATEST, SUPERSEDED = "latest", "superseded"
+
+
 def run_tags(config: dict, extra=()) -> list[str]:
-    tags = [config["experiment"], config["stage"]]
+    tags = [config["experiment"], config["stage"], LATEST]
     if config.get("method"):
         tags += [f"method:{config['method']}", f"scale:{scale_text(config['scale'])}"]
         tags += ["finetuned"] if config.get("finetuned") else []
@@ -248,12 +262,14 @@ def start(stage: str, name: str | None, run_config: dict, job_type: str | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     config = {**run_config, "experiment_config": s.get("experiment_config")}
+    name = name or run_name(run_config)
+    supersede(s, name)
     run = wandb.init(
         project=s["project"],
         entity=s.get("entity"),
         group=s["experiment"],
         job_type=job_type or stage,
-        name=name or run_name(run_config),
+        name=name,
         config=config,
         tags=run_tags(run_config, s.get("tags", [])),
         mode=s["mode"],
@@ -265,8 +281,38 @@ def start(stage: str, name: str | None, run_config: dict, job_type: str | None =
     return Tracker(run)
 
 
+def supersede(s: dict, name: str) -> list:
+    """Mark the earlier runs of the job about to log as ``name`` superseded (a job that runs again:
+    a retry after a kill or a time limit, a rerun after a change). Offline, their folders move from
+    ``<dir>/wandb/`` to ``<dir>/wandb/superseded/`` (``wandb sync <dir>/wandb/offline-run-*`` then
+    uploads the latest runs only; docs/wandb.md); online, their tag ``latest`` becomes ``superseded``
+    through the W&B API, where it answers (a warning otherwise: the new run is still logged)."""
+    if s["mode"] == "offline":
+        return supersede_offline(Path(s["dir"]) / "wandb", s["project"], s["experiment"], name)
+    try:
+        import wandb
+
+        api = wandb.Api(timeout=20)
+        path = f"{s.get('entity') or api.default_entity}/{s['project']}"
+        earlier = list(api.runs(path, filters={"group": s["experiment"], "display_name": name,
+                                               "tags": {"$in": [LATEST]}}))
+        for r in earlier:
+            r.tags = [t for t in r.tags if t != LATEST] + [SUPERSEDED]
+            r.update()
+        return earlier
+    except Exception as e:  # the W&B server's answer must not stop the job
+        log.warning("W&B: could not mark the earlier runs of %s superseded: %s", name, e)
+        return []
+
+
 def job(run: dict, stage: str, variant: dict | None = None, length=None, dataset: str | None = None,
         **stage_settings) -> Tracker:
     """``start`` with everything by the convention: config, name, job_type and tags from the job's facts."""
     return start(stage, None, run_config(run, stage, variant, length, dataset, **stage_settings))
-from longctx.tracking.offline import OfflineRun, offline_runs, read_offline_run  # noqa: E402,F401
+from longctx.tracking.offline import (  # noqa: E402,F401
+    OfflineRun,
+    latest_runs,
+    offline_runs,
+    read_offline_run,
+    supersede_offline,
+)

@@ -2,16 +2,25 @@
 
 wandb writes each offline run as a LevelDB-style log of protobuf records (run-<id>.wandb) and ships
 no Python reader for it; the record schema is wandb's own (wandb.proto).
+
+The earlier runs of a job that ran again (``supersede_offline``) live in ``wandb/superseded/``:
+``offline_runs`` reads the latest ones unless asked for those too, and ``latest_runs`` keeps one
+run per job of any list.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+SUPERSEDED_DIR = "superseded"
 _BLOCK, _HEADER = 32768, 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
@@ -60,6 +69,7 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    superseded: bool = False  # a later run of the same job exists (the folder is in wandb/superseded/)
 
     def table(self, key: str) -> list[dict]:
         """The rows of the last W&B Table logged under ``key``, as dicts."""
@@ -106,7 +116,37 @@ def read_offline_run(run_dir) -> OfflineRun:
             for item in record.summary.update:
                 out.summary[_item_key(item)] = json.loads(item.value_json)
     out.config.pop("_wandb", None)
+    out.superseded = run_dir.parent.name == SUPERSEDED_DIR
     return out
+
+
+def run_identity(run_dir) -> tuple[str, str, str] | None:
+    """(project, group, name) of an offline run from its first records; None when the folder has no
+    readable run record (yet)."""
+    try:
+        files = sorted(Path(run_dir).glob("run-*.wandb"))
+        for record in _records(files[0]) if files else ():
+            if record.WhichOneof("record_type") == "run":
+                return record.run.project, record.run.run_group, record.run.display_name
+    except (OSError, ValueError):
+        return None  # a run being written or moved by another job
+    return None
+
+
+def supersede_offline(wandb_dir, project: str, group: str, name: str) -> list[Path]:
+    """Move the offline runs of (project, group, name) from ``wandb_dir`` to ``wandb_dir/superseded``:
+    called as a job's new run starts, so what stays in ``wandb_dir`` is the latest run of each job."""
+    wandb_dir = Path(wandb_dir)
+    moved = []
+    for run_dir in sorted(wandb_dir.glob("offline-run-*")):
+        if run_dir.is_dir() and run_identity(run_dir) == (project, group, name):
+            target = wandb_dir / SUPERSEDED_DIR / run_dir.name
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(str(run_dir), str(target))
+            moved.append(target)
+    if moved:
+        log.info("W&B: %d earlier run(s) of %s moved to %s", len(moved), name, wandb_dir / SUPERSEDED_DIR)
+    return moved
 
 
 def _set_nested(row: dict, keys: list[str], value) -> None:
@@ -118,6 +158,20 @@ def _set_nested(row: dict, keys: list[str], value) -> None:
         _set_nested(row.setdefault(head, {}), rest, value)
 
 
-def offline_runs(wandb_dir) -> list[OfflineRun]:
-    """Every offline run under a folder (e.g. results/<experiment>/wandb), oldest first."""
-    return [read_offline_run(p) for p in sorted(Path(wandb_dir).glob("offline-run-*")) if p.is_dir()]
+def offline_runs(wandb_dir, superseded: bool = False) -> list[OfflineRun]:
+    """The offline runs under a folder (e.g. results/<experiment>/wandb), oldest first: the latest
+    run of each job, and with ``superseded`` the earlier ones too (marked ``.superseded``)."""
+    folders = [*Path(wandb_dir).glob("offline-run-*")]
+    if superseded:
+        folders += Path(wandb_dir, SUPERSEDED_DIR).glob("offline-run-*")
+    # folder names start with the run's start time: offline-run-YYYYMMDD_HHMMSS-<id>
+    return [read_offline_run(p) for p in sorted(folders, key=lambda p: p.name) if p.is_dir()]
+
+
+def latest_runs(runs: list[OfflineRun]) -> list[OfflineRun]:
+    """One run per job (project, group, name): the last started that is not superseded."""
+    last = {}
+    for r in runs:
+        if not r.superseded:
+            last[(r.project, r.group, r.name)] = r
+    return [r for r in runs if last.get((r.project, r.group, r.name)) is r]
