@@ -9,7 +9,8 @@ An annotation says how a value is read: ``Path``, ``str``, ``int``, ``float`` as
 without a default is required; ``X | None`` is optional.
 
 Besides the jobs, commands for people: ``check-config``, ``methods``, ``wandb-runs`` (offline W&B
-runs, ``--latest``: one per job).
+runs, ``--latest``: one per job), ``suggest-resources`` (a ``resources`` section sized from a
+finished run's benchmark files).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "earlier runs of a job that ran again are marked superseded")
     c.add_argument("folder", help="e.g. results/<experiment>/wandb")
     c.add_argument("--latest", action="store_true", help="only the latest run of each job")
+    c = sub.add_parser("suggest-resources", help="a resources section sized from an experiment's benchmark files")
+    c.add_argument("experiment_dir", help="results/<experiment>, whose benchmarks/**/*.tsv are read")
+    c.add_argument("--config", help="the experiment's config file, to show what its jobs asked for beside")
 
     for fn in jobs.JOBS:
         add_job(sub, fn)
@@ -135,6 +139,20 @@ def main(argv=None) -> int:
             numbers = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float))}
             print(f"{r.path.name}  {'superseded' if r.superseded else 'latest'}  group={r.group}  "
                   f"job_type={r.job_type}  name={r.name}  tags={','.join(r.tags)}  {json.dumps(numbers)}")
+    elif args.command == "suggest-resources":
+        from longctx.config import ConfigError, load_config
+        from longctx.config.resources import STAGES, stage_resources
+        from longctx.config.sizing import SizingError, measure, render
+
+        try:
+            configured = None
+            if args.config:
+                cfg = load_config(args.config)
+                configured = {s: stage_resources(cfg, s) for s in STAGES}
+            print(render(measure(args.experiment_dir), configured), end="")
+        except (ConfigError, SizingError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

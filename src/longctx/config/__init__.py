@@ -6,7 +6,7 @@
 - ``experiment``: the resolved views - variants (plain and LongRoPE's progressive chains),
   ``RunInfo``, lengths, corpora;
 - ``evaluations``: which evaluations run, at which lengths, with which settings;
-- ``resources``: what each stage asks a cluster for.
+- ``resources``: what each stage asks a cluster for; ``sizing``: resources from benchmark files.
 
 A config file is exactly what a run uses plus the schema's defaults (README: how configs combine).
 """
