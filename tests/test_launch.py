@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from longctx import launch
-from longctx.config import ConfigError, load_config
+from longctx.config import ConfigError, load_config, validate
 from longctx.config.resources import STAGES, stage_resources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,10 +89,18 @@ def test_impossible_allocations_are_named_by_key():
 
 
 def test_defaults_per_stage_and_overrides_per_experiment():
-    default = config_with({})
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    del raw["resources"]  # the schema's defaults
+    raw["corpora"]["austen"]["root"] = str(REPO / raw["corpora"]["austen"]["root"])
+    default = validate(raw)
     assert {s: stage_resources(default, s).runtime for s in STAGES} == {
         "tokenizer": 30, "prepare": 60, "base_model": 120, "finetune": 240, "search": 240, "evaluate": 60,
         "report": 15}
+    # the embedded default sets its own, sized from its measured run (config.yaml)
+    embedded = config_with({})
+    assert {s: (stage_resources(embedded, s).mem_mb, stage_resources(embedded, s).cpus) for s in STAGES} == {
+        "tokenizer": (1500, 1), "prepare": (1600, 1), "base_model": (2100, 2), "finetune": (2100, 2),
+        "search": (1900, 1), "evaluate": (1900, 1), "report": (2000, 1)}
     cfg = config_with({"partition": "cpu", "account": "proj1",
                        "finetune": {"partition": "gpu", "gpus": 8, "gpu_type": "h100", "runtime": 1440,
                                     "mem_mb": 480000, "cpus": 64}})
