@@ -8,9 +8,11 @@ import sys
 from longctx import config as lc
 from longctx import evaluate
 from longctx.config import evaluations as lc_eval
+from longctx.config import cluster as lc_cluster
 from longctx.config import resources as lc_resources
 from longctx.models.sources import source_model_path
 from longctx.tracking import ENV as WANDB_ENV, settings_env
+from snakemake.logging import logger as snakemake_logger
 
 try:
     lc.validate(config)
@@ -19,17 +21,28 @@ except lc.ConfigError as e:
     sys.exit(1)
 
 
-onstart:
-    # before the first job (never in a dry run): jobs that run on this machine need the GPU asked for
-    if config["device"] == "cuda" and workflow.local_exec:
-        try:
-            lc.check_cuda_here()
-        except lc.ConfigError as e:
-            sys.stderr.write(f"Config error: {e}\n")
-            sys.exit(1)
-
 EXP = config["experiment"]
 R = f"{config['results_dir']}/{EXP}"
+# SLURM (docs/cluster.md): logs under the experiment, how earlier attempts ended (for retries), the
+# partitions' limits; started by onstart when the jobs go to SLURM
+SLURM = lc_cluster.SlurmRun(f"{R}/slurm_logs", notify=snakemake_logger.info)
+
+
+onstart:
+    # before the first job (never in a dry run): jobs that run on this machine need the GPU asked for;
+    # jobs sent to SLURM must fit their partitions ($LONGCTX_SBATCH_PREVIEW: print their sbatch lines)
+    try:
+        if config["device"] == "cuda" and workflow.local_exec:
+            lc.check_cuda_here()
+        if workflow.executor_plugin.name == "slurm":
+            SLURM.start(workflow, preview=bool(os.environ.get(lc_cluster.PREVIEW_ENV)))
+    except lc_cluster.ClusterError as e:
+        sys.stderr.write(f"Cluster error: {e}\n")
+        sys.exit(1)
+    except lc.ConfigError as e:
+        sys.stderr.write(f"Config error: {e}\n")
+        sys.exit(1)
+
 L = lc.original_context(config)
 LENGTHS = lc.eval_lengths(config)
 VARIANTS = {v.name: v for v in lc.variants(config)}
@@ -108,8 +121,9 @@ def source_model_files():
 
 
 def stage_resources(stage):
-    """A rule's `resources:` from config `resources.<stage>`; time and memory grow with each retry."""
-    return lc_resources.stage_resources(config, stage).snakemake_resources()
+    """A rule's `resources:` from config `resources.<stage>`; a retry grows the time limit only after
+    a TIMEOUT and the memory only after OUT_OF_MEMORY (how the last attempt ended: SLURM.ends)."""
+    return lc_resources.stage_resources(config, stage).snakemake_resources(SLURM.ends, SLURM.limits, SLURM.notify)
 
 
 def stage_threads(stage):

@@ -20,7 +20,8 @@ import yaml
 
 from longctx import launch
 from longctx.config import ConfigError, load_config, validate
-from longctx.config.resources import STAGES, stage_resources
+from longctx.config.attempts import End
+from longctx.config.resources import RULE_STAGES, STAGES, Limits, stage_resources
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,11 +113,48 @@ def test_defaults_per_stage_and_overrides_per_experiment():
     assert report["slurm_partition"] == "cpu" and "gpu" not in report
 
 
-def test_each_retry_asks_for_more_time_and_memory():
+def _ended(*states):
+    """An ``attempts`` function: the earlier attempts of any job ended ``states`` (oldest first)."""
+    return lambda rule, wildcards, attempt: [End(100 + i, s, "squeue") for i, s in enumerate(states[:attempt - 1])]
+
+
+def test_a_retry_grows_only_what_the_last_attempts_ran_out_of():
     cfg = config_with({"runtime_factor": 2, "mem_factor": 1.5, "finetune": {"runtime": 100, "mem_mb": 1000}})
-    res = stage_resources(cfg, "finetune").snakemake_resources()
-    assert [res["runtime"](None, attempt) for attempt in (1, 2, 3)] == [100, 200, 400]
-    assert [res["mem_mb"](None, attempt) for attempt in (1, 2, 3)] == [1000, 1500, 2250]
+    stage = stage_resources(cfg, "finetune")
+
+    def asked(*states):
+        res = stage.snakemake_resources(_ended(*states))
+        return [(res["runtime"](["v"], a, "finetune"), res["mem_mb"](["v"], a, "finetune"))
+                for a in range(1, len(states) + 2)]
+
+    # a cancel (scancel, a killed snakemake), a failure or a preemption: retried with what it had
+    assert asked("CANCELLED", "FAILED") == [(100, 1000)] * 3
+    assert asked("PREEMPTED", "NODE_FAIL", "UNKNOWN") == [(100, 1000)] * 4
+    # out of time: only the time limit grows; out of memory: only the memory
+    assert asked("TIMEOUT", "TIMEOUT") == [(100, 1000), (200, 1000), (400, 1000)]
+    assert asked("OUT_OF_MEMORY", "CANCELLED", "OUT_OF_MEMORY") == [(100, 1000), (100, 1500), (100, 1500),
+                                                                     (100, 2250)]
+    # no lookup (a local run): the first request, whatever the attempt
+    plain = stage.snakemake_resources()
+    assert plain["runtime"](["v"], 3, "finetune") == 100 and plain["mem_mb"](["v"], 3, "finetune") == 1000
+
+
+def test_retry_growth_is_capped_by_the_stage_maximum_or_the_partition_and_says_why():
+    cfg = config_with({"finetune": {"runtime": 100, "mem_mb": 1000, "runtime_max": 300}})
+    stage = stage_resources(cfg, "finetune")
+    limits = Limits(runtime=1000, mem_mb=1800, where="partition debug")
+    said = []
+    res = stage.snakemake_resources(_ended("TIMEOUT", "TIMEOUT", "OUT_OF_MEMORY", "OUT_OF_MEMORY"),
+                                    lambda partition: limits, said.append)
+    assert [res["runtime"](["pi-x2-ft"], a, "finetune") for a in (2, 3, 4, 5)] == [200, 300, 300, 300]
+    assert [res["mem_mb"](["pi-x2-ft"], a, "finetune") for a in (2, 3, 4, 5)] == [1000, 1000, 1500, 1800]
+    assert len(said) == 4  # one line per retry, though runtime and memory are asked for separately
+    assert said[0].startswith("Retrying finetune (pi-x2-ft), attempt 2: attempt 1 (SLURM job 100) ended TIMEOUT;")
+    assert "time limit 100 -> 200 min (x2 per TIMEOUT, resources.runtime_factor), memory kept at 1000 MB" in said[0]
+    assert "time limit 100 -> 300 min" in said[1] and "capped by resources.finetune.runtime_max" in said[1]
+    assert "memory 1000 -> 1800 MB" in said[3] and "capped by the limit of partition debug" in said[3]
+    with pytest.raises(ConfigError, match=r"resources\.finetune\.mem_mb_max"):
+        config_with({"finetune": {"mem_mb": 1000, "mem_mb_max": 500}})
 
 
 def _dry_run_jobs(config: dict, tmp_path: Path) -> dict:
@@ -171,9 +209,7 @@ def test_every_shipped_config_asks_for_schedulable_resources(path, tmp_path):
     cfg = load_config(path)
     raw = yaml.safe_load(path.read_text())
     jobs = _dry_run_jobs(raw, tmp_path)
-    rule_stage = {"tokenizer": "tokenizer", "prepare_corpus": "prepare", "base_model": "base_model",
-                  "finetune": "finetune", "search": "search", "recovery": "search", "evaluate": "evaluate",
-                  "report": "report", "compare": "report"}
+    rule_stage = RULE_STAGES
     assert set(rule_stage) >= set(jobs) - {"all"}, "a rule whose resources come from no stage"
     for rule, (res, threads, shell) in jobs.items():
         if rule == "all":
@@ -194,7 +230,8 @@ def test_plugin_turns_the_resources_into_the_intended_sbatch_options():
 
     def sbatch_line(config, stage, attempt=1):
         r = stage_resources(config, stage)
-        res = {k: (v(None, attempt) if callable(v) else v) for k, v in r.snakemake_resources().items()}
+        res = {k: (v([], attempt, stage) if callable(v) else v)
+               for k, v in r.snakemake_resources(_ended("TIMEOUT", "OUT_OF_MEMORY")).items()}
         job = SimpleNamespace(resources=Resources(res), threads=r.cpus)
         params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "c", "workdir": "/w",
                   "account": f" -A {res['slurm_account']}" if "slurm_account" in res else "",
@@ -203,7 +240,7 @@ def test_plugin_turns_the_resources_into_the_intended_sbatch_options():
 
     cfg = config_with({"account": "proj1", "finetune": {"partition": "gpu", "gpus": 8, "gpu_type": "h100",
                                                         "nodes": 2, "cpus": 32, "runtime": 600, "mem_mb": 400000}})
-    line = sbatch_line(cfg, "finetune", attempt=2)
+    line = sbatch_line(cfg, "finetune", attempt=3)  # after a TIMEOUT and an OUT_OF_MEMORY
     for option in ["-A", "proj1", "-p", "gpu", "-t", "1200", "--mem", "600000", "--nodes=2", "--ntasks=2",
                    "--cpus-per-task=32", "--gres=gpu:h100:8"]:
         assert option in line, (option, line)

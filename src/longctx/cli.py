@@ -9,8 +9,8 @@ An annotation says how a value is read: ``Path``, ``str``, ``int``, ``float`` as
 without a default is required; ``X | None`` is optional.
 
 Besides the jobs, commands for people: ``check-config``, ``methods``, ``wandb-runs`` (offline W&B
-runs, ``--latest``: one per job), ``suggest-resources`` (a ``resources`` section sized from a
-finished run's benchmark files).
+runs, ``--latest``: one per job), ``sbatch-preview`` (each rule's sbatch line, nothing submitted),
+``suggest-resources`` (a ``resources`` section sized from a finished run's benchmark files).
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ import argparse
 import inspect
 import json
 import logging
+import os
+import subprocess
 import sys
 import types
 import typing
 from pathlib import Path
 
 from longctx import jobs
+from longctx.config.cluster import PREVIEW_ENV as SBATCH_PREVIEW_ENV  # read by rules/common.smk's onstart
 
 
 def _json(text: str):
@@ -91,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                                           "earlier runs of a job that ran again are marked superseded")
     c.add_argument("folder", help="e.g. results/<experiment>/wandb")
     c.add_argument("--latest", action="store_true", help="only the latest run of each job")
+    c = sub.add_parser("sbatch-preview", help="print the sbatch line each rule's jobs get, and whether they fit the "
+                                              "cluster (sinfo); submits nothing",
+                       description="Runs `snakemake --profile slurm ARGS` with "
+                                   f"{SBATCH_PREVIEW_ENV}=1: it stops before the first submission, after printing "
+                                   "each rule's sbatch line as snakemake-executor-plugin-slurm builds it. Jobs whose "
+                                   "outputs exist are not submitted, so not shown: add -F for all of them.")
+    c.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="snakemake's arguments, e.g. --configfile X all -F")
     c = sub.add_parser("suggest-resources", help="a resources section sized from an experiment's benchmark files")
     c.add_argument("experiment_dir", help="results/<experiment>, whose benchmarks/**/*.tsv are read")
     c.add_argument("--config", help="the experiment's config file, to show what its jobs asked for beside")
@@ -103,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sbatch-preview"] and not {"-h", "--help"} & set(argv[1:2]):
+        rest = argv[1:]
+        return sbatch_preview(rest[1:] if rest[:1] == ["--"] else rest)
     args = build_parser().parse_args(argv)
     if hasattr(args, "job"):
         kwargs = {k: v for k, v in vars(args).items() if k not in ("command", "job")}
@@ -154,6 +168,13 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0
+
+
+def sbatch_preview(snakemake_args: list[str]) -> int:
+    """``snakemake --profile slurm ARGS`` that prints each rule's sbatch line and submits nothing."""
+    env = {**os.environ, SBATCH_PREVIEW_ENV: "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", *snakemake_args]
+    return subprocess.run(cmd, env=env).returncode
 
 
 if __name__ == "__main__":

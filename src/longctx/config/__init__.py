@@ -6,7 +6,9 @@
 - ``experiment``: the resolved views - variants (plain and LongRoPE's progressive chains),
   ``RunInfo``, lengths, corpora;
 - ``evaluations``: which evaluations run, at which lengths, with which settings;
-- ``resources``: what each stage asks a cluster for; ``sizing``: resources from benchmark files.
+- ``resources``: what each stage asks a cluster for, and what a retry asks for;
+- ``cluster``, ``attempts``, ``sizing``: what a SLURM cluster offers (sinfo) against what the jobs
+  ask, how earlier attempts of a job ended, the exact sbatch lines; resources from benchmark files.
 
 A config file is exactly what a run uses plus the schema's defaults (README: how configs combine).
 """
