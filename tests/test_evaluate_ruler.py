@@ -1,5 +1,6 @@
 """RULER: each task's generator (needles and answers where RULER puts them, lengths fitted in the
-tokenizer's tokens, seeded), QA from local files, chat prompts."""
+tokenizer's tokens, seeded), QA from local files, the scorers, the effective length, chat prompts,
+and the registered evaluation end to end."""
 
 import json
 import math
@@ -12,15 +13,17 @@ import pytest
 
 from longctx.data import load_tokenizer, prepare_split
 from longctx.evaluate.common import encode
-from longctx.evaluate.registry import EvaluationError
-from longctx.evaluate.ruler import TASK_NAMES, TASKS, generate_task, min_length
+from longctx.evaluate.registry import EVALUATIONS, EvaluationError
+from longctx.evaluate.ruler import (TASK_NAMES, TASKS, effective_length, generate_task, min_length, string_match_all,
+                                    string_match_part)
 from longctx.evaluate.ruler import haystack as hs
 from longctx.evaluate.ruler import tasks as tasks_module
 from longctx.evaluate.ruler.fitting import prompt_ids
+from longctx.evaluate.ruler.scoring import postprocess
 from longctx.evaluate.ruler.tasks import TEMPLATES, max_new_tokens_for, zeta
 from longctx.evaluate.ruler.words import ADJECTIVES, KEY_WORDS, NOUNS, VERBS
 
-from conftest import AUSTEN
+from conftest import AUSTEN, tiny_llama
 
 SYNTHETIC = [t for t in TASK_NAMES if not t.startswith("qa")]
 NIAH = [t for t in TASK_NAMES if t.startswith("niah")]
@@ -376,3 +379,87 @@ def test_chat_template_wraps_the_prompt(austen_tokenizer):
         ids = [tok(text, add_special_tokens=False)["input_ids"] for text in (wrapped, s["answer_prefix"])]
         assert prompt_ids(tok, s, chat=True) == ids[0] + ids[1]
     check_fitted(samples, tok, 768, 128, 50, chat=True)
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def test_scorers_by_hand():
+    refs = [["1234567"], ["apple", "pear", "plum", "fig"]]
+    assert string_match_all(["It is 1234567.", "APPLE, pear, plum and fig"], refs) == 100.0
+    assert string_match_all(["It is 1234567.", "apple and pear"], refs) == 75.0  # (1 + 2/4) / 2
+    assert string_match_all(["7654321", "none"], refs) == 0.0
+    assert string_match_all(["a", "b", "c"], [["a"], ["x"], ["x"]]) == 33.33  # rounded as RULER rounds
+    # QA: any of the references gives full credit
+    assert string_match_part(["in 1750", "Paris"], [["1750", "in 1750"], ["London"]]) == 50.0
+    assert string_match_part(["the Title 0-0"], [["title 0-0", "other"]]) == 100.0
+    assert string_match_part(["no"], [["yes"]]) == 0.0
+    assert postprocess("  \x01 answer\x02two\n ") == "answer\ntwo"
+    with pytest.raises(ValueError):
+        string_match_all(["a"], [[]])
+    with pytest.raises(ValueError):
+        string_match_part([], [])
+
+
+def test_effective_length_by_hand():
+    assert effective_length({4096: 95.0, 8192: 90.1, 16384: 85.6, 32768: 80.0}) == 16384  # 85.6 passes
+    assert effective_length({32768: 80.0, 4096: 95.0, 8192: 90.0}) == 8192  # any order
+    assert effective_length({4096: 85.59, 8192: 99.0}) == 0  # misses at the shortest length
+    assert effective_length({4096: 90.0, 8192: 70.0, 16384: 90.0}) == 4096  # no credit after a miss
+    assert effective_length({4096: 96.0, 131072: 94.4}) == 131072  # every tested length passes
+    assert effective_length({}) == 0 and effective_length({4096: None, 8192: 99.0}) == 0
+    assert effective_length({128: 30.0, 256: 21.0, 512: 10.0}, threshold=20.0) == 256
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_ruler_end_to_end_on_a_tiny_model(tok, corpus_prefix, qa_files):
+    model = tiny_llama(vocab_size=len(tok), context=256)
+    # 8 new tokens a task keep this fast on a CPU (RULER's budgets: test_scores_follow_the_answers)
+    result = EVALUATIONS["ruler"](model, tok, LENGTH, samples=1, seed=3, data_prefix=corpus_prefix,
+                                  qa_squad_path=qa_files["qa_squad_path"], max_new_tokens=8)
+    assert result["eval"] == "ruler" and result["length"] == LENGTH
+    ran = [t for t in TASK_NAMES if t != "qa_2"]
+    assert list(result["metrics"]) == ["average"] + ran
+    assert all(0.0 <= v <= 100.0 for v in result["metrics"].values())
+    assert result["metrics"]["average"] == pytest.approx(sum(result["metrics"][t] for t in ran) / len(ran))
+    assert set(result["skipped"]) == {"qa_2"} and "qa_hotpot_path" in result["skipped"]["qa_2"]
+    tasks = result["tasks"]
+    assert tasks["qa_1"]["metric"] == "string_match_part" and tasks["vt"]["metric"] == "string_match_all"
+    assert tasks["niah_single_2"]["haystack"] == "corpus" and tasks["niah_single_1"]["haystack"] == "noise"
+    assert tasks["niah_multikey_2"]["haystack"] == "needle" and tasks["qa_1"]["haystack"] == "documents"
+    assert {t["max_new_tokens"] for t in tasks.values()} == {8}
+    for e in result["examples"]:
+        assert LENGTH - 200 < e["prompt_tokens"] <= LENGTH - 8 and 0.0 <= e["credit"] <= 1.0
+    with pytest.raises(EvaluationError, match="needs the experiment's token files"):
+        EVALUATIONS["ruler"](model, tok, LENGTH, tasks=["niah_single_2"])
+    with pytest.raises(EvaluationError, match="none of the tasks can run"):
+        EVALUATIONS["ruler"](model, tok, LENGTH, tasks=["qa_1", "qa_2"])
+
+
+def test_scores_follow_the_answers(tok, qa_files, monkeypatch):
+    """With answers made from the references (full for sample 0, the first reference only for sample
+    1), every task's score is what RULER's scorer gives, through batching by answer budget."""
+    settings = dict(samples=2, seed=4, haystack="noise", **qa_files)
+    expected = {}
+    for name in TASK_NAMES:
+        for s in generate_task(name, tok, LENGTH, **settings):
+            expected[tuple(prompt_ids(tok, s))] = s
+    seen = []
+
+    def oracle(model, tokenizer, prompts, max_new_tokens, **kw):
+        seen.append(max_new_tokens)
+        out = []
+        for p in prompts:
+            s = expected[tuple(p)]
+            assert max_new_tokens == max_new_tokens_for(s["task"])
+            out.append("\x01 " + (", ".join(s["outputs"]).upper() if s["index"] == 0 else s["outputs"][0]))
+        return out
+
+    monkeypatch.setattr("longctx.evaluate.ruler.evaluation.answer_prompts", oracle)
+    metrics = EVALUATIONS["ruler"](None, tok, LENGTH, **settings)["metrics"]
+    partial = {"niah_multivalue": 62.5, "niah_multiquery": 62.5, "vt": 60.0, "cwe": 55.0, "fwe": 66.67}
+    assert metrics == {"average": pytest.approx(sum(partial.get(t, 100.0) for t in TASK_NAMES) / 13),
+                       **{t: partial.get(t, 100.0) for t in TASK_NAMES}}
+    assert sorted(seen) == [30, 32, 50, 120, 128]

@@ -1,18 +1,30 @@
 """RULER (Hsieh et al. 2024, "RULER: What's the Real Context Size of Your Long-Context Language
 Models?", github.com/NVIDIA/RULER), offline: its 13 tasks generated here in RULER's prompt formats,
-fitted to each length in the model's own tokens.
+fitted to each length in the model's own tokens, answered greedily and scored as RULER scores.
 
 Modules: ``tasks`` (task list, templates, budgets, the NIAH / VT / CWE / FWE builders), ``qa``
 (SQuAD and HotpotQA from local files), ``haystack`` (noise, corpus words, needle insertion),
-``fitting`` (sizing samples to a length, the model input), ``evaluation`` (``generate_task``, the
-samples of one task at one length), ``words`` (the fixed word lists standing in for ``wonderwords``).
+``fitting`` (sizing samples to a length, the model input), ``scoring`` (RULER's scorers and
+effective length), ``evaluation`` (the registered ``ruler`` evaluation), ``words`` (the fixed word
+lists standing in for ``wonderwords``).
+
+Settings of ``EVALUATIONS["ruler"](model, tokenizer, length, ...)``: ``tasks`` (default all 13, in
+RULER's order), ``samples`` per task (4; RULER uses 500), ``haystack`` (``corpus``: the words of the
+token files at ``data_prefix`` stand in for RULER's Paul Graham essays; ``noise``: RULER's repeated
+sentence), ``max_new_tokens`` (None: RULER's tokens_to_generate, 128 NIAH, 30 VT, 120 CWE, 50 FWE,
+32 QA; an int for all, or a dict by task or family), ``qa_squad_path`` / ``qa_hotpot_path`` (local
+files; without one its task is skipped and ``result["skipped"]`` says why), ``chat_template``
+(False: RULER's base template, prompt then answer prefix; True: the tokenizer's chat template, the
+answer prefix after the generation prompt), ``batch_size``, ``batch_tokens``, ``seed``.
+``metrics`` is ``{"average": mean over the tasks that ran, <task>: score 0-100, ...}``;
+``effective_length`` turns averages by length into RULER's effective length.
 
 What matches RULER: the task set and arguments (``scripts/synthetic.yaml``), templates, answer
 prefixes and budgets (``scripts/data/synthetic/constants.py``), the needle format, keys and values
 (7-digit numbers, adjective-noun words, UUIDs), the singular rewording, noise-line and depth
 insertion, distractor needles, variable chains with their one-shot example, CWE's word counts and
 one-shot example (short and long forms at 4096 tokens), FWE's Zipf counts, QA's document selection
-and numbering, the fixed-seed shuffles.
+and numbering, the fixed-seed shuffles, the post-processing and both scorers, per-task rounding.
 
 Where it deviates (and why):
   * word lists: fixed lists in ``words.py`` instead of ``wonderwords`` (offline); CWE leaves out
@@ -32,5 +44,6 @@ Where it deviates (and why):
   * chat: CWE's one-shot example sits in the same user turn (RULER repeats its model template).
 """
 
-from longctx.evaluate.ruler.evaluation import generate_task, min_length  # noqa: F401
+from longctx.evaluate.ruler.evaluation import evaluate_ruler, generate_task, min_length  # noqa: F401
+from longctx.evaluate.ruler.scoring import effective_length, string_match_all, string_match_part  # noqa: F401
 from longctx.evaluate.ruler.tasks import TASK_NAMES, TASKS  # noqa: F401

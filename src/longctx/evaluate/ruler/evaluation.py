@@ -1,13 +1,17 @@
-"""Generating RULER's tasks at one length: which builder each task uses, the QA files, the corpus
-haystack, and a lower bound of the length the tasks need."""
+"""The registered ``ruler`` evaluation: generate RULER's tasks at one length, answer them greedily,
+score them as RULER does, and report the per-task scores and their average."""
 
 from __future__ import annotations
 
-from longctx.evaluate.common import words
-from longctx.evaluate.registry import EvaluationError
+import time
+from collections import defaultdict
+
+from longctx.evaluate.common import answer_prompts, words
+from longctx.evaluate.registry import EvaluationError, register
 from longctx.evaluate.ruler import haystack as hs
 from longctx.evaluate.ruler.fitting import generate_samples, prompt_ids
 from longctx.evaluate.ruler.qa import QABuilder
+from longctx.evaluate.ruler.scoring import CREDIT, METRIC_BY_FAMILY, SCORERS, postprocess
 from longctx.evaluate.ruler.tasks import (TASK_NAMES, TASKS, TEMPLATES, CommonWordsBuilder, FrequentWordsBuilder,
                                           NiahBuilder, VariableTrackingBuilder, max_new_tokens_for)
 
@@ -103,3 +107,65 @@ def min_length(tasks=None, max_new_tokens=None, qa_squad_path=None, qa_hotpot_pa
             text = text * 2  # the one-shot example repeats the template
         bound = max(bound, words(text) + max_new_tokens_for(name, max_new_tokens) + 1)
     return bound
+
+
+@register("ruler")
+def evaluate_ruler(model, tokenizer, length: int, *, tasks=None, samples=4, haystack="corpus", max_new_tokens=None,
+                   qa_squad_path=None, qa_hotpot_path=None, chat_template=False, batch_size=16, batch_tokens=32768,
+                   seed=1234, data_prefix=None, **_):
+    """RULER at one length: ``samples`` samples of each task in ``tasks`` (the QA tasks only with
+    their local file, else listed under ``skipped`` with the reason), greedy answers within each
+    task's ``max_new_tokens``, RULER's per-task scores (0-100) and their average over the tasks
+    that ran, first in ``metrics``. The settings are described in the package docstring."""
+    started = time.time()
+    names = check_tasks(tasks)
+    if haystack not in HAYSTACKS:
+        raise EvaluationError(f"ruler: haystack must be one of {HAYSTACKS}, got {haystack!r}")
+    if int(samples) < 1:
+        raise EvaluationError(f"ruler: samples must be at least 1, got {samples}")
+    qa_paths = {"qa_squad_path": qa_squad_path, "qa_hotpot_path": qa_hotpot_path}
+    skipped = {n: r for n in names if (r := skip_reason(n, qa_paths))}
+    running = [n for n in names if n not in skipped]
+    if not running:
+        raise EvaluationError(f"ruler: none of the tasks can run: {skipped}")
+    corpus = None
+    if any(uses_corpus(n, haystack) for n in running):
+        corpus = hs.corpus_words(data_prefix, tokenizer, length + 1)
+    generated = {n: generate_task(n, tokenizer, length, samples=int(samples), seed=seed, haystack=haystack,
+                                  corpus=corpus, chat_template=chat_template, max_new_tokens=max_new_tokens,
+                                  qa_squad_path=qa_squad_path, qa_hotpot_path=qa_hotpot_path) for n in running}
+    # one generation call per answer budget, so that tasks share batches
+    by_budget = defaultdict(list)
+    for n in running:
+        by_budget[max_new_tokens_for(n, max_new_tokens)].extend(generated[n])
+    answers = {}
+    for budget, group in by_budget.items():
+        prompts = [prompt_ids(tokenizer, s, chat_template) for s in group]
+        for s, a in zip(group, answer_prompts(model, tokenizer, prompts, budget, batch_size=batch_size,
+                                              batch_tokens=batch_tokens)):
+            answers[(s["task"], s["index"])] = a
+    per_task, examples = {}, []
+    for n in running:
+        metric = METRIC_BY_FAMILY[TASKS[n].family]
+        preds = [postprocess(answers[(n, s["index"])]) for s in generated[n]]
+        refs = [s["outputs"] for s in generated[n]]
+        per_task[n] = {"score": SCORERS[metric](preds, refs), "metric": metric, "samples": len(preds),
+                       "max_new_tokens": max_new_tokens_for(n, max_new_tokens),
+                       "haystack": haystack_of(n, haystack),
+                       "prompt_tokens_mean": sum(s["prompt_tokens"] for s in generated[n]) / len(preds),
+                       "nulls": sum(not p for p in preds)}
+        examples += [{"task": n, "index": s["index"], "size": s["size"], "prompt_tokens": s["prompt_tokens"],
+                      "outputs": s["outputs"], "answer": answers[(n, s["index"])],
+                      "credit": CREDIT[metric](p, s["outputs"])} for s, p in zip(generated[n], preds)]
+    scores = {n: per_task[n]["score"] for n in running}
+    return {
+        "eval": "ruler",
+        "length": length,
+        "metrics": {"average": sum(scores.values()) / len(scores), **scores},
+        "tasks": per_task,
+        "skipped": skipped,
+        "haystack": haystack,
+        "chat_template": bool(chat_template),
+        "examples": examples,
+        "seconds": time.time() - started,
+    }
