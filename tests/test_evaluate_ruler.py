@@ -1,11 +1,13 @@
 """RULER: each task's generator (needles and answers where RULER puts them, lengths fitted in the
 tokenizer's tokens, seeded), QA from local files, the scorers, the effective length, chat prompts,
-and the registered evaluation end to end."""
+the registered evaluation end to end, and the comparison with lm-evaluation-harness's ruler tasks."""
 
 import json
 import math
 import random
 import re
+import sys
+import types
 from collections import Counter
 
 import numpy as np
@@ -20,7 +22,7 @@ from longctx.evaluate.ruler import haystack as hs
 from longctx.evaluate.ruler import tasks as tasks_module
 from longctx.evaluate.ruler.fitting import prompt_ids
 from longctx.evaluate.ruler.scoring import postprocess
-from longctx.evaluate.ruler.tasks import TEMPLATES, max_new_tokens_for, zeta
+from longctx.evaluate.ruler.tasks import TEMPLATES, NiahBuilder, max_new_tokens_for, zeta
 from longctx.evaluate.ruler.words import ADJECTIVES, KEY_WORDS, NOUNS, VERBS
 
 from conftest import AUSTEN, tiny_llama
@@ -463,3 +465,86 @@ def test_scores_follow_the_answers(tok, qa_files, monkeypatch):
     assert metrics == {"average": pytest.approx(sum(partial.get(t, 100.0) for t in TASK_NAMES) / 13),
                        **{t: partial.get(t, 100.0) for t in TASK_NAMES}}
     assert sorted(seen) == [30, 32, 50, 120, 128]
+
+
+# --- lm-evaluation-harness ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def lm_eval_ruler(monkeypatch):
+    """lm-eval's RULER NIAH generator, importable offline: ``wonderwords`` (not installed) is given this
+    module's word lists, and NLTK's punkt download is refused (niah_single_1 does not split sentences)."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
+    nltk = pytest.importorskip("nltk", reason="lm-eval's RULER needs nltk")
+    downloads = []
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: downloads.append(a) or False)
+    stub = types.ModuleType("wonderwords")
+    stub.RandomWord = type("RandomWord", (), {"_categories": {"nouns": list(NOUNS), "adjectives": list(ADJECTIVES),
+                                                              "verbs": list(VERBS)}})
+    monkeypatch.setitem(sys.modules, "wonderwords", stub)
+    before = set(sys.modules)
+    try:
+        from lm_eval.tasks.ruler import niah_utils, prepare_niah
+    except ImportError as e:
+        pytest.skip(f"lm-eval's ruler tasks cannot be imported offline: {e}")
+    yield prepare_niah, niah_utils
+    for name in set(sys.modules) - before:  # do not leave the stand-in word lists behind
+        if name.startswith("lm_eval.tasks.ruler"):
+            del sys.modules[name]
+
+
+# lm-eval's generate_input_output arguments for the NIAH shapes it can build offline (not the essays)
+LM_EVAL_SHAPES = {"niah_single_1": ("repeat", "words", "numbers", 1, 1, 1),
+                  "niah_multikey_1 on noise": ("repeat", "words", "numbers", 4, 1, 1),
+                  "niah_multivalue on noise": ("repeat", "words", "numbers", 1, 4, 1),
+                  "niah_multiquery on noise": ("repeat", "words", "numbers", 4, 1, 4),
+                  "niah_multikey_2": ("needle", "words", "numbers", 1, 1, 1),
+                  "niah_multikey_3": ("needle", "uuids", "uuids", 1, 1, 1)}
+
+
+@pytest.mark.parametrize("shape", LM_EVAL_SHAPES)
+def test_lm_eval_niah_text_is_the_same_for_the_same_draws(lm_eval_ruler, shape):
+    """From the same generator state and haystack size, lm-eval's NIAH text and answers are ours."""
+    pn, nu = lm_eval_ruler
+    assert pn.WORDS == KEY_WORDS
+    kind, k, v, num_k, num_v, num_q = LM_EVAL_SHAPES[shape]
+    mine = NiahBuilder({"type_haystack": "noise" if kind == "repeat" else kind, "type_needle_k": k,
+                        "type_needle_v": v, "num_needle_k": num_k, "num_needle_v": num_v, "num_needle_q": num_q},
+                       seed=42)
+    for state, size in ((7, 5), (8, 17)):
+        random.seed(state)
+        text, answers, query = pn.generate_input_output(
+            size, pn.get_haystack(kind), type_haystack=kind, num_needle_k=num_k, type_needle_k=k,
+            num_needle_v=num_v, type_needle_v=v, template=nu.TEMPLATE, num_needle_q=num_q, random_seed=42)
+        s = mine.build(size, random.Random(state))
+        assert (text, answers) == (s["input"], s["outputs"])
+        if num_v * num_q == 1:
+            assert s["answer_prefix"] == f" The special magic {v[:-1]} for {query} mentioned in the provided text is"
+
+
+def test_lm_eval_niah_single_1_fitting_and_scoring_differ(lm_eval_ruler, tok, austen_tokenizer):
+    pn, nu = lm_eval_ruler
+    # its own task (500 samples at one length; the tokenizer from a local folder, no download)
+    length, budget, line = 1000, 128, len(tok(hs.NOISE + "\n", add_special_tokens=False)["input_ids"])
+    random.seed(0)  # lm-eval's evaluator seeds the global generator with 0
+    theirs = nu.niah_single_1(tokenizer=str(austen_tokenizer), max_seq_lengths=[length])["test"]
+    ours = generate_task("niah_single_1", tok, length, samples=500, seed=0)
+    # the harness feeds input + " " + gen_prefix: the same text as our input + answer prefix
+    row = theirs[0]
+    query = re.search(r"for (\S+) mentioned", row["gen_prefix"]).group(1)
+    assert row["input"].endswith("text?") and " " + row["gen_prefix"] == \
+        f" The special magic number for {query} mentioned in the provided text is"
+    # its haystack grows in steps of 5 lines (below 4096 tokens) while prompt + answers + budget fit,
+    # without the answer prefix (BOS counted): with the prefix, what the model sees can pass the length
+    assert all(r["input"].count(hs.NOISE) % 5 == 0 for r in theirs)
+    assert all(r["length"] == len(tok(r["input"])["input_ids"]) + budget <= length for r in theirs)
+    fed = [len(tok(r["input"] + " " + r["gen_prefix"])["input_ids"]) + budget for r in theirs]
+    assert max(fed) > length
+    # ours: each sample has the most lines whose whole input (prefix included) fits
+    assert all(length - line < s["prompt_tokens"] + budget <= length for s in ours)
+    # its samples come from another stream (the global generator, after its size search)
+    assert [r["outputs"] for r in theirs.select(range(50))] != [s["outputs"] for s in ours[:50]]
+    # its QA scorer differs from RULER's: best sample's fraction, not any-reference per sample
+    from lm_eval.tasks.ruler.common_utils import string_match_part as lm_part
+    assert lm_part(["in 1750"], [["1750", "Paris"]]) == 0.5
+    assert string_match_part(["in 1750"], [["1750", "Paris"]]) == 100.0

@@ -42,6 +42,20 @@ Where it deviates (and why):
   * short lengths: VT's one-shot example gets min(500, length/4) tokens instead of 500; FWE's
     vocabulary has at least 4 words;
   * chat: CWE's one-shot example sits in the same user turn (RULER repeats its model template).
+
+Compared with lm-evaluation-harness 0.4.13's ``ruler`` group (``lm_eval/tasks/ruler``; tested in
+tests/test_evaluate_ruler.py): given the same generator state and haystack size, its NIAH
+``generate_input_output`` gives this module's prompt text and answers exactly, for every shape it
+builds offline (noise and distractor-needle haystacks: niah_single_1, niah_multikey_2/3, and the
+multi-key, multi-value and multi-query needles on noise; its essays come from the Hugging Face hub),
+given the same word list (lm-eval reads ``wonderwords``, not installed here). Its samples of
+``niah_single_1`` still differ from this module's because (1) it draws from the global ``random`` left by the harness and continues that stream
+through its size search, (2) it grows the haystack in steps of 5 lines (25 from 4096 tokens) while
+the prompt, the answers and the budget fit, and checks that on the prompt without the answer prefix
+(``gen_prefix``, which the harness appends after a space): the text the model sees can pass the
+length (at 1000 tokens with the tests' tokenizer, by up to 10 tokens), where RULER and this module
+count the prefix and take the largest fitting size, and (3) its ``string_match_part`` (QA) scores
+the best sample's fraction of references instead of RULER's any-reference credit per sample.
 """
 
 from longctx.evaluate.ruler.evaluation import evaluate_ruler, generate_task, min_length  # noqa: F401
