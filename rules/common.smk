@@ -39,6 +39,7 @@ RECOVERED = [n for n, v in VARIANTS.items() if v.recovery_of]  # progressive cha
 SEARCH_OWNER = lc.search_owners(list(VARIANTS.values()))  # identical searches run once
 EVALS = lc_eval.enabled_evaluations(config)
 EVAL_LENGTHS = {e: lc_eval.lengths_for(config, e) for e in EVALS}  # each evaluation's own lengths
+EVAL_VARIANTS = {e: lc_eval.variants_for(config, e, list(VARIANTS)) for e in EVALS}  # and variants
 PPL_CORPUS = lc.eval_corpus(config)
 
 # jobs run `python -m longctx`: make `python` the interpreter running Snakemake (a .venv that was
@@ -124,9 +125,9 @@ def launcher(data_parallel):
     return lambda wildcards, resources: from_resources(resources, data_parallel)
 
 
-def eval_result_files(variants=None):
-    """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths."""
-    return [f"{R}/eval/{v}/{e}-{n}.json" for v in (variants or VARIANTS) for e in EVALS for n in EVAL_LENGTHS[e]]
+def eval_result_files():
+    """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths, on its variants."""
+    return [f"{R}/eval/{v}/{e}-{n}.json" for e in EVALS for v in EVAL_VARIANTS[e] for n in EVAL_LENGTHS[e]]
 
 
 def one_of(names):

@@ -20,17 +20,24 @@ ALL_ON = {"evaluate": {"lines": {"enabled": True}, "wikiqa": {"enabled": True},
                        "harness": {"enabled": True, "task_sets": ["pi", "longrope"]}}}
 
 
-def test_default_config_runs_perplexity_and_passkey():
+def test_default_config_runs_perplexity_passkey_and_ruler_on_two_variants():
+    from longctx.config import variants
+    from longctx.config.evaluations import variants_for
+
     config = load_config(REPO / "config.yaml")
-    assert enabled_evaluations(config) == ["perplexity", "passkey"]
+    assert enabled_evaluations(config) == ["perplexity", "passkey", "ruler"]
     assert lengths_for(config, "passkey") == [128, 256, 512, 1024]
+    names = [v.name for v in variants(config)]
+    assert variants_for(config, "passkey", names) == names
+    assert variants_for(config, "ruler", names) == ["base", "yarn-x4"] and lengths_for(config, "ruler") == [512, 1024]
+    assert settings_for(config, "ruler")["samples"] == 4 and "variants" not in settings_for(config, "ruler")
 
 
 def test_every_setting_is_an_argument_of_its_evaluation():
     """Evaluations take **_ so extra keys would be silently ignored: every config key must be a real argument."""
     config = load_config(REPO / "config.yaml", ALL_ON)
     names = enabled_evaluations(config)
-    assert names == ["perplexity", "passkey", "lines", "wikiqa_ffqa", "wikiqa_altqa", "govreport", "harness"]
+    assert names == ["perplexity", "passkey", "lines", "wikiqa_ffqa", "wikiqa_altqa", "ruler", "govreport", "harness"]
     for name in names:
         fn = wikiqa._evaluate if name.startswith("wikiqa_") else EVALUATIONS[name]
         accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
@@ -67,6 +74,8 @@ def test_evaluate_stage_writes_the_result(tmp_path, austen_tokenizer):
 
 
 @pytest.mark.parametrize("override,message", [
+    ({"evaluate": {"ruler": {"variants": ["yarn-x8"]}}}, "evaluate.ruler.variants': no variant named 'yarn-x8'"),
+    ({"evaluate": {"ruler": {"lengths": [128]}}}, "evaluate.ruler': length 128 is below what ruler needs"),
     ({"evaluate": {"wikiqa": {"tasks": ["nq"]}}}, "evaluate.wikiqa.tasks"),
     ({"evaluate": {"lines": {"source": "web"}}}, "evaluate.lines.source"),
     ({"evaluate": {"harness": {"task_sets": ["yarn"]}}}, "evaluate.harness.task_sets"),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from longctx.data import load_tokenizer, prepare_split
-from longctx.evaluate.common import encode
+from longctx.evaluate.prompts import encode
 from longctx.evaluate.registry import EVALUATIONS, EvaluationError
 from longctx.evaluate.ruler import (TASK_NAMES, TASKS, effective_length, generate_task, min_length, string_match_all,
                                     string_match_part)

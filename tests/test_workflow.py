@@ -25,7 +25,7 @@ SMALL = {
     ],
     "progressive": [],
     "finetune": {"steps": 30},
-    "evaluate": {"length_multiples": [1, 4], "passkey": {"trials": 2}},
+    "evaluate": {"length_multiples": [1, 4], "passkey": {"trials": 2}, "ruler": {"enabled": False}},
     "wandb": {"mode": "disabled"},
 }
 

@@ -275,11 +275,13 @@ def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, lengt
 
 def report(*, results: list[Path], variants: list[Variant], run: RunInfo, dataset: str, out_md: Path,
            out_csv: Path, out_html: Path | None = None, plots: Path | None = None, search: list[Path] = (),
-           dataset_id: list[str] = (), finetune_steps: int | None = None) -> None:
+           dataset_id: list[str] = (), finetune_steps: int | None = None,
+           effective_length_threshold: float = 85.6) -> None:
     """summary.csv, report.md/.html and plots; one W&B ``report`` run logs the cross-method tables.
 
     ``dataset`` names the perplexity corpus and ``dataset_id`` its other names (hub path, folder),
-    so the papers' rows for PG19 or Proof-pile can be matched."""
+    so the papers' rows for PG19 or Proof-pile can be matched; ``effective_length_threshold`` is RULER's
+    (``report.effective_length_threshold``)."""
     from longctx.report import write_report
     from longctx.report.paper_numbers import Setting
 
@@ -293,7 +295,7 @@ def report(*, results: list[Path], variants: list[Variant], run: RunInfo, datase
                       finetune_steps=finetune_steps)
     with tracking.job(run, "report", dataset=dataset, results=len(results)) as tracker:
         write_report(results, [v.to_dict() for v in variants], run.to_dict(), dataset, out_md, out_csv, out_html,
-                     plots, search, setting, tracker)
+                     plots, search, setting, tracker, {"effective_length_threshold": effective_length_threshold})
 
 
 def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None) -> None:

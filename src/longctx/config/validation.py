@@ -126,7 +126,12 @@ def _check_splits(config: dict) -> None:
 
 def _check_evaluation_lengths(config: dict) -> None:
     """Each evaluation's lengths leave room for its shortest prompt (a lower bound, before any tokenizer)."""
+    names = [v.name for v in variants(config)]
     for name in plan.enabled_evaluations(config):
+        unknown = sorted(set(config["evaluate"][plan.section_of(name)].get("variants") or ()) - set(names))
+        if unknown:
+            raise ConfigError(f"config key 'evaluate.{plan.section_of(name)}.variants': no variant named "
+                              f"{', '.join(map(repr, unknown))} (variants: {', '.join(names)})")
         fewest = plan.min_length(config, name)
         short = [n for n in plan.lengths_for(config, name) if n < fewest]
         if short:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from longctx.evaluate.common import answer_prompts, words
+from longctx.evaluate.prompts import answer_prompts, words
 from longctx.evaluate.registry import EvaluationError, register
 from longctx.evaluate.ruler import haystack as hs
 from longctx.evaluate.ruler.fitting import generate_samples, prompt_ids
@@ -109,7 +109,7 @@ def min_length(tasks=None, max_new_tokens=None, qa_squad_path=None, qa_hotpot_pa
     return bound
 
 
-@register("ruler")
+@register("ruler", order=50, generates=True, reads_tokens=True, min_length=min_length)
 def evaluate_ruler(model, tokenizer, length: int, *, tasks=None, samples=4, haystack="corpus", max_new_tokens=None,
                    qa_squad_path=None, qa_hotpot_path=None, chat_template=False, batch_size=16, batch_tokens=32768,
                    seed=1234, data_prefix=None, **_):

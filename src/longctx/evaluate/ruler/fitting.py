@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 
-from longctx.evaluate.common import encode, encode_prompt
+from longctx.evaluate.prompts import encode, encode_prompt
 from longctx.evaluate.registry import EvaluationError
 
 
