@@ -31,9 +31,10 @@ def settings_for(config: dict, name: str) -> dict:
     """Keyword arguments of the evaluation's function from the config (paths to data come separately)."""
     e = evaluate.entries()[name]
     settings = e.settings(config["evaluate"][e.section])
-    if e.generates:
+    if e.generates:  # evaluate.generation's batching, where the section does not set its own
         for key, value in config["evaluate"]["generation"].items():
-            settings.setdefault(key, value)
+            if settings.get(key) is None:
+                settings[key] = value
     return settings
 
 
