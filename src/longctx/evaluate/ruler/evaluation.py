@@ -3,6 +3,7 @@ score them as RULER does, and report the per-task scores and their average."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 
@@ -17,6 +18,8 @@ from longctx.evaluate.ruler.tasks import (TASK_NAMES, TASKS, TEMPLATES, CommonWo
 
 HAYSTACKS = ("corpus", "noise")
 QA_FILES = {"qa_1": ("qa_squad_path", "SQuAD 2.0 dev JSON"), "qa_2": ("qa_hotpot_path", "HotpotQA dev distractor JSON")}
+
+log = logging.getLogger(__name__)
 
 
 def check_tasks(tasks) -> list[str]:
@@ -131,9 +134,12 @@ def evaluate_ruler(model, tokenizer, length: int, *, tasks=None, samples=4, hays
     corpus = None
     if any(uses_corpus(n, haystack) for n in running):
         corpus = hs.corpus_words(data_prefix, tokenizer, length + 1)
-    generated = {n: generate_task(n, tokenizer, length, samples=int(samples), seed=seed, haystack=haystack,
-                                  corpus=corpus, chat_template=chat_template, max_new_tokens=max_new_tokens,
-                                  qa_squad_path=qa_squad_path, qa_hotpot_path=qa_hotpot_path) for n in running}
+    generated = {}
+    for k, n in enumerate(running, 1):  # fitting samples to the length in model tokens: CPU work, logged
+        generated[n] = generate_task(n, tokenizer, length, samples=int(samples), seed=seed, haystack=haystack,
+                                     corpus=corpus, chat_template=chat_template, max_new_tokens=max_new_tokens,
+                                     qa_squad_path=qa_squad_path, qa_hotpot_path=qa_hotpot_path)
+        log.info("ruler@%d: generated %s (%d/%d tasks), %.0fs", length, n, k, len(running), time.time() - started)
     # one generation call per answer budget, so that tasks share batches
     by_budget = defaultdict(list)
     for n in running:
@@ -144,6 +150,8 @@ def evaluate_ruler(model, tokenizer, length: int, *, tasks=None, samples=4, hays
         for s, a in zip(group, answer_prompts(model, tokenizer, prompts, budget, batch_size=batch_size,
                                               batch_tokens=batch_tokens)):
             answers[(s["task"], s["index"])] = a
+        log.info("ruler@%d: answered %d prompts with up to %d new tokens, %.0fs", length, len(group), budget,
+                 time.time() - started)
     per_task, examples = {}, []
     for n in running:
         metric = METRIC_BY_FAMILY[TASKS[n].family]
