@@ -153,8 +153,11 @@ def eval_data_prefix(name):
     return f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if name in READS_TOKENS else None
 
 
-def eval_inputs(w):
+def eval_inputs(w, name=None):
+    """An evaluate job's inputs: the variant's model and factors, and the token files where its
+    evaluation reads them (``name``: the evaluation, else the ``eval`` wildcard)."""
+    name = name or w.eval
     inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
-    if w.eval in READS_TOKENS:
+    if name in READS_TOKENS:
         inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
     return inputs

@@ -281,19 +281,54 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 # --- evaluation and the report --------------------------------------------------------------------
 
 
-def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, length: int, settings: dict,
-             run: RunInfo, device: str = "auto", data: Path | None = None, factors: Path | None = None) -> None:
-    """One evaluation of one variant at one length, as one JSON (non-finite metrics recorded as diverged)."""
+def evaluate(*, evaluation: str, model: Path, variant: Variant, lengths: list[int], outs: list[Path],
+             settings: dict, run: RunInfo, device: str = "auto", data: Path | None = None,
+             factors: Path | None = None) -> None:
+    """One evaluation of one variant at each of ``lengths``, one JSON each (``outs``, in the same order).
+
+    The model loads once for all lengths. Each result records the fingerprint of what made it (the
+    extended model - weights and RoPE -, the settings, the data, the seed, the length); a result
+    already on disk with the same fingerprint is kept, not recomputed, so one job can serve several
+    lengths and still recompute only what changed. Non-finite metrics are recorded as diverged."""
+    from longctx import provenance
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
-    from longctx.evaluate.registry import record_non_finite
     from longctx.models import pick_device
 
     if evaluation not in EVALUATIONS:  # before the model loads
         raise EvaluationError(f"unknown evaluation {evaluation!r}; known: {', '.join(sorted(EVALUATIONS))}")
+    if len(lengths) != len(outs):
+        raise EvaluationError(f"evaluate: {len(lengths)} lengths but {len(outs)} output files")
     # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
     loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune)
     tok = load_tokenizer(model)
+    inputs = {"model": provenance.model_digest(loaded), "evaluation": evaluation, "seed": run.seed,
+              "settings": provenance.digest(settings),
+              "data": provenance.token_file_digest(data) if data else None}
+    for length, out in zip(lengths, outs):
+        fingerprint = provenance.digest({**inputs, "length": int(length)})
+        if _kept(out, fingerprint):
+            log.info("%s of %s at %d: kept %s (made from the same inputs)", evaluation, variant.name, length, out)
+            continue
+        write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, data),
+                         "fingerprint": fingerprint})
+
+
+def _kept(out: Path, fingerprint: str) -> bool:
+    """Whether ``out`` holds a result of exactly these inputs (a corrupt or older one is recomputed)."""
+    from longctx.artifacts import ArtifactError
+
+    try:
+        return Path(out).exists() and read_json(out).get("fingerprint") == fingerprint
+    except ArtifactError:
+        return False
+
+
+def _evaluate_one(evaluation: str, loaded, tok, variant: Variant, length: int, settings: dict, run: RunInfo,
+                  data) -> dict:
+    from longctx.evaluate import EVALUATIONS
+    from longctx.evaluate.registry import record_non_finite
+
     dataset = Path(data).parent.name if data else evaluation
     with tracking.job(run, f"eval-{evaluation}", variant, length, dataset, **settings) as tracker:
         result = EVALUATIONS[evaluation](loaded, tok, length, data_prefix=data, seed=run.seed, **settings)
@@ -305,7 +340,7 @@ def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, lengt
             log.warning("%s of %s at %d is not finite (%s): recorded as diverged", evaluation, variant.name,
                         length, ", ".join(result["diverged"]))
         tracking.log_evaluation(tracker, result, variant)
-    write_json(out, result)
+    return result
 
 
 def report(*, results: list[Path], variants: list[Variant], run: RunInfo, dataset: str, out_md: Path,
