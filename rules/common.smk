@@ -98,6 +98,16 @@ def token_files(corpus, split):
     return multiext(f"{R}/data/{corpus}/{split}", ".bin", ".idx.npy", ".json")
 
 
+FT_CORPUS = lc.train_corpus(config, "finetune")
+
+
+def short_token_files(name):
+    """The train split of a variant's short-window corpus (LongRoPE2's mixed context windows), when
+    it is not the fine-tuning corpus."""
+    corpus = lc.short_corpus(config, VARIANTS[name])
+    return token_files(corpus, "train") if corpus and corpus != FT_CORPUS else []
+
+
 def source_model_files():
     """The base model's file or folder when it is on disk (gguf, local): an input of the rules that
     read it, so replacing it rebuilds the tokenizer and the base model. Hub ids and pretraining: none."""

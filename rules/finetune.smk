@@ -1,15 +1,6 @@
 # Fine-tuning per (method, scale) at the target length; resumable from its checkpoint in work/.
 # LongRoPE2's mixed context window training may take its short windows from another corpus.
 
-FT_CORPUS = lc.train_corpus(config, "finetune")
-
-
-def short_token_files(name):
-    """The train split of a variant's short-window corpus, when it is not the fine-tuning corpus."""
-    corpus = lc.short_corpus(config, VARIANTS[name])
-    return token_files(corpus, "train") if corpus and corpus != FT_CORPUS else []
-
-
 rule finetune:
     input:
         model=lambda w: start_dir(w.variant),
