@@ -148,7 +148,7 @@ def test_dry_run_rules_ask_for_the_configured_resources_and_launch_over_the_node
     assert res["mpi"] == "srun" and res["tasks"] == "2"
     assert shell.startswith("srun --nodes=2 --ntasks-per-node=1 ") and " torchrun --nnodes=2 --nproc-per-node=8 " in shell
     assert "-m longctx finetune --model " in shell
-    res, threads, shell = jobs["evaluate"]
+    res, threads, shell = jobs["evaluate_perplexity"]  # config.yaml: one job per (variant, evaluation)
     assert res["gpu"] == "1" and res["runtime"] == "90" and res["slurm_partition"] == "cpu"
     assert shell.startswith("python -m longctx evaluate ")
     res, threads, shell = jobs["tokenizer"]
@@ -166,6 +166,7 @@ def test_every_shipped_config_asks_for_schedulable_resources(path, tmp_path):
     rule_stage = {"tokenizer": "tokenizer", "prepare_corpus": "prepare", "base_model": "base_model",
                   "finetune": "finetune", "search": "search", "recovery": "search", "evaluate": "evaluate",
                   "report": "report", "compare": "report"}
+    rule_stage.update({rule: "evaluate" for rule in jobs if rule.startswith("evaluate_")})
     assert set(rule_stage) >= set(jobs) - {"all"}, "a rule whose resources come from no stage"
     for rule, (res, threads, shell) in jobs.items():
         if rule == "all":

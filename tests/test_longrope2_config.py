@@ -22,6 +22,7 @@ def test_a_variants_own_settings_go_over_the_sections_and_its_search_is_its_own(
                        {"name": "lr2-x4", "method": "longrope", "scale": 4, "search": LONGROPE2},
                        {"name": "lr2-x4-ft", "method": "longrope", "scale": 4, "search": LONGROPE2,
                         "finetune": {"mixed_context": {"enabled": True, "short_fraction": 0.5}, "steps": 7}}]
+    cfg["evaluate"]["ruler"]["variants"] = ["base"]  # config.yaml's names a variant this test replaces
     cfg = lc.validate(cfg)
     named = {v.name: v for v in lc.variants(cfg)}
     plain, lr2, lr2_ft = named["longrope-x4-search"], named["lr2-x4"], named["lr2-x4-ft"]
