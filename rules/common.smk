@@ -52,6 +52,7 @@ RECOVERED = [n for n, v in VARIANTS.items() if v.recovery_of]  # progressive cha
 SEARCH_OWNER = lc.search_owners(list(VARIANTS.values()))  # identical searches run once
 EVALS = lc_eval.enabled_evaluations(config)
 EVAL_LENGTHS = {e: lc_eval.lengths_for(config, e) for e in EVALS}  # each evaluation's own lengths
+EVAL_VARIANTS = {e: lc_eval.variants_for(config, e, list(VARIANTS)) for e in EVALS}  # and variants
 PPL_CORPUS = lc.eval_corpus(config)
 
 # jobs run `python -m longctx`: make `python` the interpreter running Snakemake (a .venv that was
@@ -110,6 +111,16 @@ def token_files(corpus, split):
     return multiext(f"{R}/data/{corpus}/{split}", ".bin", ".idx.npy", ".json")
 
 
+FT_CORPUS = lc.train_corpus(config, "finetune")
+
+
+def short_token_files(name):
+    """The train split of a variant's short-window corpus (LongRoPE2's mixed context windows), when
+    it is not the fine-tuning corpus."""
+    corpus = lc.short_corpus(config, VARIANTS[name])
+    return token_files(corpus, "train") if corpus and corpus != FT_CORPUS else []
+
+
 def source_model_files():
     """The base model's file or folder when it is on disk (gguf, local): an input of the rules that
     read it, so replacing it rebuilds the tokenizer and the base model. Hub ids and pretraining: none."""
@@ -138,9 +149,9 @@ def launcher(data_parallel):
     return lambda wildcards, resources: from_resources(resources, data_parallel)
 
 
-def eval_result_files(variants=None):
-    """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths."""
-    return [f"{R}/eval/{v}/{e}-{n}.json" for v in (variants or VARIANTS) for e in EVALS for n in EVAL_LENGTHS[e]]
+def eval_result_files():
+    """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths, on its variants."""
+    return [f"{R}/eval/{v}/{e}-{n}.json" for e in EVALS for v in EVAL_VARIANTS[e] for n in EVAL_LENGTHS[e]]
 
 
 def one_of(names):
@@ -166,8 +177,11 @@ def eval_data_prefix(name):
     return f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if name in READS_TOKENS else None
 
 
-def eval_inputs(w):
+def eval_inputs(w, name=None):
+    """An evaluate job's inputs: the variant's model and factors, and the token files where its
+    evaluation reads them (``name``: the evaluation, else the ``eval`` wildcard)."""
+    name = name or w.eval
     inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
-    if w.eval in READS_TOKENS:
+    if name in READS_TOKENS:
         inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
     return inputs

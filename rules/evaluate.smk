@@ -1,31 +1,76 @@
 # Evaluations: one cached JSON per (variant, evaluation, length); inputs and settings in common.smk.
+# evaluate.one_job_per groups them into jobs: one per result (rule evaluate), or one per (variant,
+# evaluation) writing all its lengths (rules evaluate_<evaluation>; outputs flagged update(), so the
+# job can keep each result already made from the same inputs - longctx.jobs.evaluate).
+
+EVAL_SHELL = (
+    "{params.launch} evaluate --evaluation {params.evaluation:q} --model {input.model:q} "
+    "--variant {params.variant} --lengths {params.lengths:q} --outs {output:q} --settings {params.settings} "
+    "--run {params.run} --device {params.device:q} {params.data:q} {params.factors:q} > {log:q} 2>&1"
+)
 
 
-rule evaluate:
-    input:
-        unpack(eval_inputs),
-    output:
-        f"{R}/eval/{{variant}}/{{eval}}-{{length}}.json",
-    wildcard_constraints:
-        eval=one_of(EVALS),
-    params:
-        variant=lambda w: q(variant_dict(w.variant)),
-        settings=lambda w: q(EVAL_SETTINGS[w.eval]),
-        data=lambda w: option("--data", eval_data_prefix(w.eval)),
-        factors=lambda w: option("--factors", factors_file(w.variant)),
-        run=q(RUN),
-        device=config["device"],
-        launch=launcher(data_parallel=False),
-    threads: stage_threads("evaluate")
-    resources:
-        **stage_resources("evaluate"),
-    conda:
-        "../envs/longctx.yaml"
-    log:
-        f"{R}/logs/eval/{{variant}}/{{eval}}-{{length}}.log",
-    benchmark:
-        f"{R}/benchmarks/eval/{{variant}}/{{eval}}-{{length}}.tsv"
-    shell:
-        "{params.launch} evaluate --evaluation {wildcards.eval:q} --model {input.model:q} --out {output:q} "
-        "--variant {params.variant} --length {wildcards.length:q} --settings {params.settings} "
-        "--run {params.run} --device {params.device:q} {params.data:q} {params.factors:q} > {log:q} 2>&1"
+if config["evaluate"]["one_job_per"] == "length":
+
+    rule evaluate:
+        input:
+            unpack(eval_inputs),
+        output:
+            f"{R}/eval/{{variant}}/{{eval}}-{{length}}.json",
+        wildcard_constraints:
+            eval=one_of(EVALS),
+        params:
+            evaluation=lambda w: w.eval,
+            lengths=lambda w: [w.length],
+            variant=lambda w: q(variant_dict(w.variant)),
+            settings=lambda w: q(EVAL_SETTINGS[w.eval]),
+            data=lambda w: option("--data", eval_data_prefix(w.eval)),
+            factors=lambda w: option("--factors", factors_file(w.variant)),
+            run=q(RUN),
+            device=config["device"],
+            launch=launcher(data_parallel=False),
+        threads: stage_threads("evaluate")
+        resources:
+            **stage_resources("evaluate"),
+        conda:
+            "../envs/longctx.yaml"
+        log:
+            f"{R}/logs/eval/{{variant}}/{{eval}}-{{length}}.log",
+        benchmark:
+            f"{R}/benchmarks/eval/{{variant}}/{{eval}}-{{length}}.tsv"
+        shell:
+            EVAL_SHELL
+
+else:
+    for EVAL in EVALS:
+
+        rule:
+            name:
+                f"evaluate_{EVAL}"
+            input:
+                unpack(lambda w, name=EVAL: eval_inputs(w, name)),
+            output:
+                [update(f"{R}/eval/{{variant}}/{EVAL}-{n}.json") for n in EVAL_LENGTHS[EVAL]],
+            wildcard_constraints:
+                variant=one_of(EVAL_VARIANTS[EVAL]),
+            params:
+                evaluation=EVAL,
+                lengths=EVAL_LENGTHS[EVAL],
+                variant=lambda w: q(variant_dict(w.variant)),
+                settings=q(EVAL_SETTINGS[EVAL]),
+                data=option("--data", eval_data_prefix(EVAL)),
+                factors=lambda w: option("--factors", factors_file(w.variant)),
+                run=q(RUN),
+                device=config["device"],
+                launch=launcher(data_parallel=False),
+            threads: stage_threads("evaluate")
+            resources:
+                **stage_resources("evaluate"),
+            conda:
+                "../envs/longctx.yaml"
+            log:
+                f"{R}/logs/eval/{{variant}}/{EVAL}.log",
+            benchmark:
+                f"{R}/benchmarks/eval/{{variant}}/{EVAL}.tsv"
+            shell:
+                EVAL_SHELL

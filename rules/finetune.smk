@@ -1,13 +1,12 @@
 # Fine-tuning per (method, scale) at the target length; resumable from its checkpoint in work/.
-
-FT_CORPUS = lc.train_corpus(config, "finetune")
-
+# LongRoPE2's mixed context window training may take its short windows from another corpus.
 
 rule finetune:
     input:
         model=lambda w: start_dir(w.variant),
         data=token_files(FT_CORPUS, "train"),
         factors=lambda w: factors_file(w.variant),
+        short_data=lambda w: short_token_files(w.variant),
     output:
         directory(f"{R}/models/{{variant}}"),
     wildcard_constraints:
@@ -17,6 +16,7 @@ rule finetune:
         settings=q({k: v for k, v in config["finetune"].items() if k != "corpus"}),
         prefix=lambda w, input: input.data[0].removesuffix(".bin"),
         factors=lambda w: option("--factors", factors_file(w.variant)),
+        short_data=lambda w, input: option("--short-data", input.short_data[0].removesuffix(".bin") if input.short_data else None),
         work_dir=f"{R}/work/{{variant}}",
         run=q(RUN),
         device=config["device"],
@@ -33,4 +33,4 @@ rule finetune:
     shell:
         "{params.launch} finetune --model {input.model:q} --data {params.prefix:q} --out {output:q} "
         "--variant {params.variant} --settings {params.settings} --run {params.run} --device {params.device:q} "
-        "{params.factors:q} --work-dir {params.work_dir:q} > {log:q} 2>&1"
+        "{params.factors:q} {params.short_data:q} --work-dir {params.work_dir:q} > {log:q} 2>&1"

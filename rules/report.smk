@@ -21,6 +21,7 @@ rule report:
         dataset=PPL_CORPUS,
         dataset_ids=[word for x in DATASET_IDS for word in ("--dataset-id", x)],
         finetune_steps=config["finetune"]["steps"],
+        threshold=config["report"]["effective_length_threshold"],
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
@@ -31,7 +32,8 @@ rule report:
     shell:
         "python -m longctx report --results {input.results:q} --search {input.search:q} --variants {params.variants} "
         "--run {params.run} --dataset {params.dataset:q} {params.dataset_ids:q} "
-        "--finetune-steps {params.finetune_steps:q} --out-md {output.md:q} --out-csv {output.csv:q} "
+        "--finetune-steps {params.finetune_steps:q} --effective-length-threshold {params.threshold:q} "
+        "--out-md {output.md:q} --out-csv {output.csv:q} "
         "--out-html {output.html:q} --plots {output.plots:q} > {log:q} 2>&1"
 
 

@@ -17,6 +17,8 @@
 #       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 NAME==VERSION -d wheels/
 #   rm wheels/pulp-*.whl                                 # 16 MB of solver binaries the greedy scheduler skips
 #
+# SNAKEMAKE_ARGS (environment): more Snakemake options, e.g. "--set-threads finetune=4 evaluate=1".
+#
 # Everything that must outlive one call lives under $STATE (default /root/smollm2-run): the
 # results folder, Snakemake's own .snakemake state and the installed wheels. Call it again with the
 # same STATE to go on; a finished DAG makes the call a no-op apart from the copy.
@@ -49,7 +51,7 @@ set +e
 timeout --signal=INT --kill-after=60 "$seconds" \
     python -m snakemake --cores 16 --configfile config/smollm2.yaml \
     --config results_dir="$state/results" 'wandb={mode: disabled}' \
-    --rerun-incomplete --keep-going --printshellcmds --scheduler greedy all > "$out/snakemake.log" 2>&1
+    --rerun-incomplete --keep-going --printshellcmds --scheduler greedy ${SNAKEMAKE_ARGS:-} all > "$out/snakemake.log" 2>&1
 rc=$?
 set -e
 echo "snakemake exit $rc after $(( $(date +%s) - started )) s" | tee -a "$out/snakemake.log"

@@ -103,7 +103,7 @@ def test_corrupted_weights_are_recorded_as_diverged_never_as_a_nan_result(tmp_pa
     tokenizer_of(austen_tokenizer).save_pretrained(tmp_path / "model")
     variant = Variant("broken", "none", 1.0, {}, finetune=False, search=False)
     out = tmp_path / "perplexity-64.json"
-    jobs.evaluate(evaluation="perplexity", model=tmp_path / "model", out=out, variant=variant, length=N, settings={},
+    jobs.evaluate(evaluation="perplexity", model=tmp_path / "model", outs=[out], variant=variant, lengths=[N], settings={},
                   run=RunInfo("t", "local", "m", N, 0), device="cpu", data=token_files)
 
     text = out.read_text()

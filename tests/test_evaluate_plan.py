@@ -1,6 +1,7 @@
 """From the config to evaluate jobs: which evaluations, lengths and settings; the stage writes the JSON."""
 
 import inspect
+import re
 import json
 
 import pytest
@@ -20,17 +21,24 @@ ALL_ON = {"evaluate": {"lines": {"enabled": True}, "wikiqa": {"enabled": True},
                        "harness": {"enabled": True, "task_sets": ["pi", "longrope"]}}}
 
 
-def test_default_config_runs_perplexity_and_passkey():
+def test_default_config_runs_perplexity_passkey_and_ruler_on_two_variants():
+    from longctx.config import variants
+    from longctx.config.evaluations import variants_for
+
     config = load_config(REPO / "config.yaml")
-    assert enabled_evaluations(config) == ["perplexity", "passkey"]
+    assert enabled_evaluations(config) == ["perplexity", "passkey", "ruler"]
     assert lengths_for(config, "passkey") == [128, 256, 512, 1024]
+    names = [v.name for v in variants(config)]
+    assert variants_for(config, "passkey", names) == names
+    assert variants_for(config, "ruler", names) == ["base", "yarn-x4"] and lengths_for(config, "ruler") == [512, 1024]
+    assert settings_for(config, "ruler")["samples"] == 4 and "variants" not in settings_for(config, "ruler")
 
 
 def test_every_setting_is_an_argument_of_its_evaluation():
     """Evaluations take **_ so extra keys would be silently ignored: every config key must be a real argument."""
     config = load_config(REPO / "config.yaml", ALL_ON)
     names = enabled_evaluations(config)
-    assert names == ["perplexity", "passkey", "lines", "wikiqa_ffqa", "wikiqa_altqa", "govreport", "harness"]
+    assert names == ["perplexity", "passkey", "lines", "wikiqa_ffqa", "wikiqa_altqa", "ruler", "govreport", "harness"]
     for name in names:
         fn = wikiqa._evaluate if name.startswith("wikiqa_") else EVALUATIONS[name]
         accepted = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
@@ -58,7 +66,7 @@ def test_evaluate_stage_writes_the_result(tmp_path, austen_tokenizer):
     tokenizer.save_pretrained(model_dir)
     variant = Variant("pi-x4", "pi", 4.0, {}, finetune=False, search=False)
     out = tmp_path / "eval" / "lines-512.json"
-    jobs.evaluate(evaluation="lines", model=model_dir, out=out, variant=variant, length=512,
+    jobs.evaluate(evaluation="lines", model=model_dir, outs=[out], variant=variant, lengths=[512],
                   settings={"examples": 2, "max_new_tokens": 4}, run=RunInfo("t", "local", "tiny", 64, 1), device="cpu")
     result = json.loads(out.read_text())
     assert result["eval"] == "lines" and result["length"] == 512 and result["variant"] == "pi-x4"
@@ -67,6 +75,8 @@ def test_evaluate_stage_writes_the_result(tmp_path, austen_tokenizer):
 
 
 @pytest.mark.parametrize("override,message", [
+    ({"evaluate": {"ruler": {"variants": ["yarn-x8"]}}}, "evaluate.ruler.variants': no variant named 'yarn-x8'"),
+    ({"evaluate": {"ruler": {"lengths": [128]}}}, "evaluate.ruler': length 128 is below what ruler needs"),
     ({"evaluate": {"wikiqa": {"tasks": ["nq"]}}}, "evaluate.wikiqa.tasks"),
     ({"evaluate": {"lines": {"source": "web"}}}, "evaluate.lines.source"),
     ({"evaluate": {"harness": {"task_sets": ["yarn"]}}}, "evaluate.harness.task_sets"),
@@ -76,3 +86,45 @@ def test_bad_evaluation_config_names_the_key(override, message):
 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(REPO / "config.yaml", override)
+
+
+def test_one_job_for_several_lengths_keeps_each_result_made_from_the_same_inputs(tmp_path, austen_tokenizer):
+    """evaluate.one_job_per: evaluation - one process, one JSON per length; a rerun with a length added
+    computes only that length, and a changed model recomputes them all."""
+    from longctx.data import load_tokenizer
+
+    tokenizer = load_tokenizer(austen_tokenizer)
+    model_dir = tmp_path / "model"
+    tiny_llama(vocab_size=len(tokenizer), context=64).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    variant = Variant("pi-x4", "pi", 4.0, {}, finetune=False, search=False)
+    run = RunInfo("t", "local", "tiny", 64, 1)
+    settings = {"trials_per_length": 1, "max_new_tokens": 3}
+
+    def evaluate(lengths):
+        outs = [tmp_path / "eval" / f"passkey-{n}.json" for n in lengths]
+        jobs.evaluate(evaluation="passkey", model=model_dir, outs=outs, variant=variant, lengths=lengths,
+                      settings=settings, run=run, device="cpu")
+        return {n: json.loads(o.read_text()) for n, o in zip(lengths, outs)}
+
+    first = evaluate([256, 384])
+    assert {r["length"] for r in first.values()} == {256, 384} and first[256]["fingerprint"] != first[384]["fingerprint"]
+    second = evaluate([256, 384, 512])
+    assert second[256] == first[256] and second[384] == first[384]  # kept as they were (same seconds, too)
+    assert second[512]["eval"] == "passkey" and second[512]["length"] == 512
+    tiny_llama(vocab_size=len(tokenizer), context=64, seed=1).save_pretrained(model_dir)  # other weights
+    third = evaluate([256, 384, 512])
+    assert all(third[n]["fingerprint"] != second[n]["fingerprint"] for n in (256, 384, 512))
+
+
+def test_one_job_per_evaluation_plans_a_job_per_variant_and_evaluation(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    counts = dict(re.findall(r"^(evaluate\w*)\s+(\d+)\s*$", text, re.M))
+    # the embedded default: 8 variants x (perplexity, passkey), RULER on two variants
+    assert counts == {"evaluate_perplexity": "8", "evaluate_passkey": "8", "evaluate_ruler": "2"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longctx.config import load_config, original_context, variants
+from longctx.config import finetune_settings_for, load_config, original_context, search_settings_for, variants
 from longctx.config.evaluations import enabled_evaluations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +25,7 @@ CONFIGS = {
     "giraffe": REPO / "config/paper/giraffe.yaml",
     "longrope": REPO / "config/paper/longrope.yaml",
     "longrope_mistral": REPO / "config/paper/longrope_mistral.yaml",
+    "longrope2": REPO / "config/paper/longrope2.yaml",
     "smollm2": REPO / "config/smollm2.yaml",
 }
 
@@ -119,7 +120,7 @@ def test_each_config_validates_with_hub_or_gguf_model_and_its_context(name):
     config = load_config(CONFIGS[name])
     assert config["model"]["source"] == ("gguf" if name == "smollm2" else "hub")
     assert original_context(config) == {"pi": 2048, "pi_ft10000": 2048, "giraffe": 4096, "longrope": 4096,
-                                         "longrope_mistral": 8192, "smollm2": 8192}[name]
+                                         "longrope_mistral": 8192, "longrope2": 8192, "smollm2": 8192}[name]
     assert all(v.method != "none" or v.finetune or v.name == "base" for v in variants(config))
 
 
@@ -206,18 +207,58 @@ def test_longrope_mistral_finetunes_at_16k_on_4_gpus_and_searches_128k(dry_runs)
     assert (ft["gpu"], ft["gpu_model"]) == ("4", "a100") and "nodes" not in ft
 
 
+def test_longrope2_llama3_to_128k_beside_yarn_ntk_and_longrope_with_the_papers_midtraining(dry_runs):
+    jobs = dry_runs["longrope2"]
+    assert trained(jobs) == {"yarn-x16-ft", "ntk-x16-ft", "longrope-x16-search-ft", "longrope2-x16-ft"}
+    assert searched(jobs) == {"longrope-x16-search-ft", "longrope2-x16-ft"}
+    # only LongRoPE2's fine-tune reads Fineweb-Edu's short documents, beside RedPajama
+    inputs = {j["wildcards"]["variant"]: " ".join(j["input"]) for j in by_rule(jobs, "finetune")}
+    assert "data/fineweb_edu/train.bin" in inputs["longrope2-x16-ft"] and "data/redpajama/train.bin" in inputs[
+        "longrope2-x16-ft"]
+    assert "fineweb_edu" not in inputs["longrope-x16-search-ft"]
+    config = load_config(CONFIGS["longrope2"])
+    named = {v.name: v for v in variants(config)}
+    lr2, lr = (search_settings_for(config, named[n]) for n in ("longrope2-x16-ft", "longrope-x16-search-ft"))
+    # App. B: P=64, 40 iterations, p=0.3; section 3.2: 10 PG19 books, a needle at the start of each
+    assert (lr2["population"], lr2["iterations"], lr2["mutation_prob"]) == (64, 40, 0.3)
+    assert (lr2["fitness"], lr2["documents"], lr2["needle"]["depths"], lr2["critical_dim"]["enabled"]) == \
+        ("needle", 10, [0.0], True)
+    assert (lr["fitness"], lr["documents"], lr["critical_dim"]["enabled"]) == ("perplexity", 5, False)
+    ft = finetune_settings_for(config, named["longrope2-x16-ft"])
+    # 10B tokens at 128k in 1192 steps of 64, lr 2e-5, cosine; 30% short windows (Table 1)
+    assert ft["steps"] * ft["batch_size"] * 131072 == pytest.approx(10e9, rel=0.01)
+    assert (ft["lr"], ft["schedule"], ft["mixed_context"]["enabled"], ft["mixed_context"]["short_fraction"]) == \
+        (2e-5, "cosine", True, 0.3)
+    assert not finetune_settings_for(config, named["longrope-x16-search-ft"])["mixed_context"]["enabled"]
+    # 64 A100 for mid-training (8 nodes x 8); search and evaluations on one
+    ft_res, search = one_resources(jobs, "finetune"), one_resources(jobs, "search")
+    assert (ft_res["nodes"], ft_res["gres"]) == ("8", "gpu:a100:8") and search["gpu"] == "1"
+    assert evaluated(jobs)[("longrope2-x16-ft", "perplexity")] == [4096, 8192, 16384, 32768, 65536, 131072]
+    assert evaluated(jobs)[("longrope2-x16-ft", "harness")] == [8192]
+
+
 def test_smollm2_whole_chain_on_one_gpu(dry_runs):
     jobs = dry_runs["smollm2"]
-    assert trained(jobs) == {"pi-x4-ft", "yarn-x4-ft", "smollm2-longrope-x4-ft"}
-    # the chain's first step searches the base weights at 4x as longrope-x4-search does: one search for both
-    assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x8"}
+    assert trained(jobs) == {"pi-x4-ft", "yarn-x4-ft", "smollm2-longrope-x4-ft", "longrope2-x4-ft"}
+    # the chain's first step searches the base weights at 4x as longrope-x4-search does: one search for both;
+    # LongRoPE2's two variants share theirs likewise
+    assert searched(jobs) == {"longrope-x4-search", "smollm2-longrope-x8", "longrope2-x4-search"}
     (chain_ft,) = [j for j in by_rule(jobs, "finetune") if j["wildcards"]["variant"] == "smollm2-longrope-x4-ft"]
     assert any(f.endswith("search/longrope-x4-search/factors.json") for f in chain_ft["input"])
     evals = evaluated(jobs)
     assert evals[("base", "perplexity")] == [8192, 16384, 32768, 65536]
     assert evals[("smollm2-longrope-x8-recovery", "passkey")] == [8192, 32768, 65536]
-    assert evals[("pi-x4-ft", "lines")] == [8192, 32768]
-    assert Counter(e for (_, e) in evals) == Counter({"perplexity": 9, "passkey": 9, "lines": 9})
+    # RULER at 1x-4x on the base model and the 4x variants; LongChat-Lines is off (0 for every variant)
+    assert evals[("pi-x4-ft", "ruler")] == [8192, 16384, 32768] and ("smollm2-longrope-x8", "ruler") not in evals
+    assert Counter(e for (_, e) in evals) == Counter({"perplexity": 11, "passkey": 11, "ruler": 9})
+    # LongRoPE2 fine-tunes with as many tokens as LongRoPE's 4x step, its short windows from chapters
+    config = load_config(CONFIGS["smollm2"])
+    named = {v.name: v for v in variants(config)}
+    lr2 = finetune_settings_for(config, named["longrope2-x4-ft"])
+    assert lr2["steps"] * lr2["batch_size"] == named["smollm2-longrope-x4-ft"].finetune_steps * config["finetune"][
+        "batch_size"] and lr2["mixed_context"]["short_corpus"] == "austen_chapters"
+    (lr2_ft,) = [j for j in by_rule(jobs, "finetune") if j["wildcards"]["variant"] == "longrope2-x4-ft"]
+    assert any(f.endswith("search/longrope2-x4-search/factors.json") for f in lr2_ft["input"])
     # every GPU stage on one GPU of any type; nothing spans nodes
     for rule in ("finetune", "search", "recovery", "evaluate"):
         res = one_resources(jobs, rule)
@@ -243,5 +284,5 @@ def test_a_paper_config_run_from_the_repository_plans_its_own_experiment_only():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper/pi.yaml"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = proc.stdout + proc.stderr
+    text = (proc.stdout + proc.stderr).replace(str(REPO), "<repo>")  # a checkout's own path may say anything
     assert "longrope" not in text and "austen" not in text and "results/pi-llama7b/" in text

@@ -82,6 +82,7 @@ def test_a_standalone_search_and_a_chain_step_that_would_search_alike_share_one_
                        {"method": "longrope", "scale": 4, "search": True, "finetune": True}]
     cfg["progressive"] = [{"name": "lr", "steps": [{"scale": 4, "finetune_steps": 30}, {"scale": 8}],
                            "recovery": [1]}]
+    cfg["evaluate"]["ruler"]["enabled"] = False  # the default runs it on yarn-x4, not among these variants
     owners = lc.search_owners(lc.variants(lc.validate(cfg)))
     # base weights at 4x: one search for the standalone variant, its fine-tuned twin and the chain's first step
     assert owners["longrope-x4-search-ft"] == owners["lr-x4-ft"] == "longrope-x4-search"

@@ -322,3 +322,26 @@ def test_summary_csv_sources_are_relative_so_results_can_move(tmp_path):
         assert (out.parent / link).is_file(), link
     with open(moved / "compare.csv") as f:
         assert all(not r["source"].startswith("/") for r in csv.DictReader(f))
+
+
+def test_ruler_gets_its_per_task_tables_and_each_variants_effective_length_with_the_threshold_named(tmp_path):
+    root = tmp_path / "results" / "toy"
+    averages = {"base": [92.0, 40.0, 10.0], "pi-x4-ft": [95.0, 88.0, 86.0], "longrope-x4-search": [80.0, 90.0, 95.0]}
+    files = []
+    for v in VARIANTS:
+        for i, n in enumerate(LENGTHS):
+            files.append(root / "eval" / v["name"] / f"ruler-{n}.json")
+            avg = averages[v["name"]][i]
+            write_json(files[-1], {"eval": "ruler", "length": n, "variant": v["name"],
+                                   "metrics": {"average": avg, "niah_single_1": avg + 1, "vt": avg - 1}})
+    write_report(files, VARIANTS, RUN, "pg19", root / "report.md", root / "summary.csv", None, root / "plots",
+                 options={"effective_length_threshold": 85.6})
+    text = (root / "report.md").read_text()
+    headline = text.split("**average**")[1].split("\n\n")[1]  # the average's table
+    rows = {line.split(" | ")[0]: line for line in headline.splitlines() if line.startswith("| ")}
+    # base passes at 2048 only; pi-x4-ft at every length; longrope fails at the first, so none
+    assert rows["| base"].endswith("| [2048](eval/base/ruler-2048.json) |")
+    assert rows["| pi-x4-ft"].endswith("| [8192](eval/pi-x4-ft/ruler-8192.json) |")
+    assert rows["| longrope-x4-search"].endswith("| [0](eval/longrope-x4-search/ruler-2048.json) |")
+    assert "stays at or above 85.6" in text and "| variant | method | scale | stage | 2048 | 4096 | 8192 | effective length |" in text
+    assert "**niah_single_1**" in text and "**vt**" in text  # per-task tables by length

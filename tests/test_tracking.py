@@ -93,7 +93,7 @@ def offline_workflow(tmp_path_factory):
             for eval_name in ("perplexity", "passkey"):
                 for n in LENGTHS:
                     results.append(R / "eval" / v.name / f"{eval_name}-{n}.json")
-                    jobs.evaluate(evaluation=eval_name, model=model, out=results[-1], variant=v, length=n,
+                    jobs.evaluate(evaluation=eval_name, model=model, outs=[results[-1]], variant=v, lengths=[n],
                                   settings=plan.settings_for(config, eval_name), run=run, device="cpu",
                                   data=data / "test" if eval_name == "perplexity" else None,
                                   factors=factors if v.search else None)

@@ -25,7 +25,8 @@ SMALL = {
     ],
     "progressive": [],
     "finetune": {"steps": 30},
-    "evaluate": {"length_multiples": [1, 4], "passkey": {"trials": 2}},
+    "evaluate": {"one_job_per": "length", "length_multiples": [1, 4], "passkey": {"trials": 2},
+                 "ruler": {"enabled": False}},
     "wandb": {"mode": "disabled"},
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from longctx import tracking
 from longctx.artifacts import read_json, write_json
-from longctx.config import BASE, SEARCH_RESULT_PARAMS, RunInfo, Variant
+from longctx.config import BASE, SEARCH_RESULT_PARAMS, RunInfo, Variant, deep_merge
 
 log = logging.getLogger(__name__)
 
@@ -89,40 +89,59 @@ def _pretrain(pretrain: dict, seed: int, tok, train_data, out, work_dir, tracker
 # --- extended models ------------------------------------------------------------------------------
 
 
-def extended_model(model_dir, variant: Variant, factors_file=None, device="cpu", dtype=None):
-    """Load a model folder and apply the variant's RoPE method (searched factors if given)."""
+def extended_model(model_dir, variant: Variant, factors_file=None, device="cpu", dtype=None,
+                   mixed_context: dict | None = None, as_saved: bool = False):
+    """Load a model folder and apply the variant's RoPE method (searched factors if given).
+
+    ``mixed_context`` (the ``finetune.mixed_context`` settings, enabled): the RoPE is LongRoPE2's
+    pair of factor sets, the original RoPE up to ``short_max_length`` tokens and the variant's beyond.
+    ``as_saved``: the folder is the variant's own fine-tuned weights, which carry the RoPE they were
+    trained with (and, after mixed context window training, its switch): it is used as saved.
+    """
     from longctx.models import load_model
-    from longctx.rope import apply_to_model
+    from longctx.rope import apply_to_model, geometry_of, rope_spec_of, with_original_rope_below
 
     model = load_model(model_dir, device=device, dtype=dtype)
+    if as_saved and rope_spec_of(model.config)["method"] == variant.method:
+        return model
     params = dict(variant.params)
     if factors_file:
         found = read_json(factors_file)
         # a search result says which longrope parameters it gives (factors, or a chain's factor sets)
         params.update(found.get("rope_params") or {"factors": found["factors"], "n_hat": found["n_hat"]})
+    if mixed_context:
+        params = with_original_rope_below(variant.scale, params, geometry_of(model.config),
+                                          1.0 if mixed_context["short_mscale"] == "original" else None,
+                                          mixed_context["short_max_length"])
     if variant.method != "none":
-        # a fine-tuned folder already carries this method; applying it again gives the same RoPE
         apply_to_model(model, variant.method, variant.scale, params)
     return model
 
 
 def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: dict, run: RunInfo,
-             device: str = "auto", factors: Path | None = None, work_dir: Path | None = None) -> None:
-    """Fine-tune ``variant`` at its target length on the token files ``data`` (``finetune`` settings)."""
+             device: str = "auto", factors: Path | None = None, work_dir: Path | None = None,
+             short_data: Path | None = None) -> None:
+    """Fine-tune ``variant`` at its target length on the token files ``data`` (``finetune`` settings,
+    then the variant's own). With ``mixed_context`` on, LongRoPE2's mixed context window training;
+    its short windows come from ``short_data`` when given (``finetune.mixed_context.short_corpus``)."""
     from longctx.data import load_tokenizer
     from longctx.models import pick_device
     from longctx.train import TrainSettings, train
 
+    settings = deep_merge(settings, variant.finetune_settings)
     if variant.finetune_steps:  # a progressive chain's step sets its own number of steps
         settings = {**settings, "steps": variant.finetune_steps}
+    mixed = settings.get("mixed_context") or {}
     # loaded on the CPU: the trainer's strategy places it (one GPU, DDP, FSDP shards, DeepSpeed)
-    extended = extended_model(model, variant, factors, device="cpu")
+    extended = extended_model(model, variant, factors, device="cpu",
+                              mixed_context=mixed if mixed.get("enabled") else None)
     target = variant.target_length(run.original_context)
     ts = TrainSettings.from_config(settings, seq_len=target, seed=run.seed)
     out = Path(out)
     with tracking.job(run, "finetune", variant, target, Path(data).parent.name, **settings) as tracker:
         summary = train(extended, data, ts, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker,
-                        device=pick_device(device).type, base_model_path=model)
+                        device=pick_device(device).type, base_model_path=model,
+                        short_data_prefix=short_data if mixed.get("enabled") else None)
         tracker.summary({"final_loss": summary["final_loss"]})
     if int(os.environ.get("RANK", "0")) == 0:  # the main process of a multi-process run writes it once
         load_tokenizer(model).save_pretrained(out)
@@ -131,8 +150,9 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 # --- LongRoPE search ------------------------------------------------------------------------------
 
 
-def _search_windows(data_prefix, length: int, settings: dict, seed: int):
-    """The fitness documents cut to ``length`` [D, length], and their ids; too few is an error (before any model)."""
+def _search_windows(data_prefix, length: int, settings: dict, seed: int, model_dir=None):
+    """The fitness rows [R, length], the document ids and, for the needle fitness, where each row's
+    answer starts; too few documents is an error (before any model)."""
     import numpy as np
     import torch
 
@@ -142,8 +162,20 @@ def _search_windows(data_prefix, length: int, settings: dict, seed: int):
     data = TokenFile.open(data_prefix)
     lengths = [int(b - a) for a, b in data.bounds]
     docs = pick_documents(lengths, length, settings["documents"], seed, f"search data {data.prefix}")
-    windows = torch.from_numpy(np.stack([np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]))
-    return windows, [data.meta["document_ids"][i] for i in docs]
+    ids = [data.meta["document_ids"][i] for i in docs]
+    if settings.get("fitness", "perplexity") != "needle":
+        windows = torch.from_numpy(np.stack([np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]))
+        return windows, ids, None, None
+    from longctx.data import load_tokenizer
+    from longctx.search import needle_rows
+
+    tok = load_tokenizer(model_dir)
+    texts = [np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]
+    seen = np.unique(np.concatenate(texts))
+    breaks = [int(t) for t in seen if "\n" in tok.decode([int(t)])]  # tokens that end a line (needle placement)
+    rows = needle_rows(texts, length, settings["needle"]["depths"], seed,
+                       lambda text: tok.encode(text, add_special_tokens=False), tok.bos_token_id, breaks)
+    return rows.windows, ids, rows.answer_start, [{**r, "document": ids[r["document"]]} for r in rows.rows]
 
 
 def _search_model(model_dir, settings: dict, device: str, original_context: int):
@@ -195,8 +227,8 @@ def search(*, model: Path, data: Path, out: Path, variant: Variant, settings: di
     from longctx.search import plain_task, run_search, secondary_task, settings_at
 
     target = variant.target_length(run.original_context)
-    settings = settings_at(settings, target)
-    windows, doc_ids = _search_windows(data, target, settings, run.seed)
+    settings = settings_at(deep_merge(settings, variant.search_settings), target)
+    windows, doc_ids, answer_start, needles = _search_windows(data, target, settings, run.seed, model)
     loaded, geometry = _search_model(model, settings, device, run.original_context)
     params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
     if base_factors:
@@ -210,9 +242,10 @@ def search(*, model: Path, data: Path, out: Path, variant: Variant, settings: di
     with tracking.job(run, "search", variant, target, Path(data).parent.name, search_kind=task.kind,
                       **settings) as tracker:
         record = run_search(loaded, windows, task, settings, run.seed, log_file, _search_progress(tracker),
-                            chunk_size)
+                            chunk_size, answer_start=answer_start)
         _search_summary(tracker, record)
-    write_json(out, {**record, "documents": doc_ids})
+    write_json(out, {**record, "documents": doc_ids, "fitness": settings.get("fitness", "perplexity"),
+                     **({"needles": needles} if needles else {})})
 
 
 def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: dict, run: RunInfo,
@@ -224,8 +257,9 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
     long_record = read_json(long_factors)
     long_params = long_record["rope_params"]
     lengths = [int(x) for x in variant.recovery_lengths]
+    settings = deep_merge(settings, variant.search_settings)
     per_length = {n: settings_at(settings, n) for n in lengths}
-    windows = {n: _search_windows(data, n, per_length[n], run.seed) for n in lengths}  # all checked first
+    windows = {n: _search_windows(data, n, per_length[n], run.seed, model) for n in lengths}  # all checked first
     loaded, geometry = _search_model(model, settings, device, run.original_context)
     params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
     log_dir = Path(log_dir or Path(out).parent)
@@ -238,7 +272,7 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
         with tracking.job(run, "search", variant, n, Path(data).parent.name, search_kind=task.kind,
                           **per_length[n]) as tracker:
             record = run_search(loaded, windows[n][0], task, per_length[n], run.seed, log_dir / f"recovery-{n}.jsonl",
-                                _search_progress(tracker), chunk_size)
+                                _search_progress(tracker), chunk_size, answer_start=windows[n][2])
             _search_summary(tracker, record)
         records.append({**record, "documents": windows[n][1]})
     write_json(out, final_record(long_record, records, variant.recovery_of))
@@ -247,18 +281,54 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 # --- evaluation and the report --------------------------------------------------------------------
 
 
-def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, length: int, settings: dict,
-             run: RunInfo, device: str = "auto", data: Path | None = None, factors: Path | None = None) -> None:
-    """One evaluation of one variant at one length, as one JSON (non-finite metrics recorded as diverged)."""
+def evaluate(*, evaluation: str, model: Path, variant: Variant, lengths: list[int], outs: list[Path],
+             settings: dict, run: RunInfo, device: str = "auto", data: Path | None = None,
+             factors: Path | None = None) -> None:
+    """One evaluation of one variant at each of ``lengths``, one JSON each (``outs``, in the same order).
+
+    The model loads once for all lengths. Each result records the fingerprint of what made it (the
+    extended model - weights and RoPE -, the settings, the data, the seed, the length); a result
+    already on disk with the same fingerprint is kept, not recomputed, so one job can serve several
+    lengths and still recompute only what changed. Non-finite metrics are recorded as diverged."""
+    from longctx import provenance
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
-    from longctx.evaluate.registry import record_non_finite
     from longctx.models import pick_device
 
     if evaluation not in EVALUATIONS:  # before the model loads
         raise EvaluationError(f"unknown evaluation {evaluation!r}; known: {', '.join(sorted(EVALUATIONS))}")
-    loaded = extended_model(model, variant, factors, device=pick_device(device))
+    if len(lengths) != len(outs):
+        raise EvaluationError(f"evaluate: {len(lengths)} lengths but {len(outs)} output files")
+    # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
+    loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune)
     tok = load_tokenizer(model)
+    inputs = {"model": provenance.model_digest(loaded), "evaluation": evaluation, "seed": run.seed,
+              "settings": provenance.digest(settings),
+              "data": provenance.token_file_digest(data) if data else None}
+    for length, out in zip(lengths, outs):
+        fingerprint = provenance.digest({**inputs, "length": int(length)})
+        if _kept(out, fingerprint):
+            log.info("%s of %s at %d: kept %s (made from the same inputs)", evaluation, variant.name, length, out)
+            continue
+        write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, data),
+                         "fingerprint": fingerprint})
+
+
+def _kept(out: Path, fingerprint: str) -> bool:
+    """Whether ``out`` holds a result of exactly these inputs (a corrupt or older one is recomputed)."""
+    from longctx.artifacts import ArtifactError
+
+    try:
+        return Path(out).exists() and read_json(out).get("fingerprint") == fingerprint
+    except ArtifactError:
+        return False
+
+
+def _evaluate_one(evaluation: str, loaded, tok, variant: Variant, length: int, settings: dict, run: RunInfo,
+                  data) -> dict:
+    from longctx.evaluate import EVALUATIONS
+    from longctx.evaluate.registry import record_non_finite
+
     dataset = Path(data).parent.name if data else evaluation
     with tracking.job(run, f"eval-{evaluation}", variant, length, dataset, **settings) as tracker:
         result = EVALUATIONS[evaluation](loaded, tok, length, data_prefix=data, seed=run.seed, **settings)
@@ -270,16 +340,18 @@ def evaluate(*, evaluation: str, model: Path, out: Path, variant: Variant, lengt
             log.warning("%s of %s at %d is not finite (%s): recorded as diverged", evaluation, variant.name,
                         length, ", ".join(result["diverged"]))
         tracking.log_evaluation(tracker, result, variant)
-    write_json(out, result)
+    return result
 
 
 def report(*, results: list[Path], variants: list[Variant], run: RunInfo, dataset: str, out_md: Path,
            out_csv: Path, out_html: Path | None = None, plots: Path | None = None, search: list[Path] = (),
-           dataset_id: list[str] = (), finetune_steps: int | None = None) -> None:
+           dataset_id: list[str] = (), finetune_steps: int | None = None,
+           effective_length_threshold: float = 85.6) -> None:
     """summary.csv, report.md/.html and plots; one W&B ``report`` run logs the cross-method tables.
 
     ``dataset`` names the perplexity corpus and ``dataset_id`` its other names (hub path, folder),
-    so the papers' rows for PG19 or Proof-pile can be matched."""
+    so the papers' rows for PG19 or Proof-pile can be matched; ``effective_length_threshold`` is RULER's
+    (``report.effective_length_threshold``)."""
     from longctx.report import write_report
     from longctx.report.paper_numbers import Setting
 
@@ -293,7 +365,7 @@ def report(*, results: list[Path], variants: list[Variant], run: RunInfo, datase
                       finetune_steps=finetune_steps)
     with tracking.job(run, "report", dataset=dataset, results=len(results)) as tracker:
         write_report(results, [v.to_dict() for v in variants], run.to_dict(), dataset, out_md, out_csv, out_html,
-                     plots, search, setting, tracker)
+                     plots, search, setting, tracker, {"effective_length_threshold": effective_length_threshold})
 
 
 def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None) -> None:

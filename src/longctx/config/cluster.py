@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longctx.config.attempts import Attempts, wildcard_text
-from longctx.config.resources import RULE_STAGES, Limits, ResourceError
+from longctx.config.resources import Limits, ResourceError, stage_of_rule
 
 SINFO_FORMAT = "%P|%n|%c|%m|%G|%l|%a"
 PREVIEW_ENV = "LONGCTX_SBATCH_PREVIEW"
@@ -155,7 +155,7 @@ def request_of(rule: str, resources, threads: int) -> Request:
 
 
 def _key(rule: str, name: str) -> str:
-    stage = RULE_STAGES.get(rule)
+    stage = stage_of_rule(rule)
     return f"resources.{stage}.{name}" if stage else f"the rule's {name}"
 
 

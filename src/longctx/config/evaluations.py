@@ -20,13 +20,21 @@ def lengths_for(config: dict, name: str) -> list[int]:
     return e.lengths(config["evaluate"][e.section], eval_lengths(config), original_context(config))
 
 
+def variants_for(config: dict, name: str, all_variants: list[str]) -> list[str]:
+    """The variants an evaluation runs on: its section's ``variants`` where it has one, else all."""
+    e = evaluate.entries()[name]
+    chosen = config["evaluate"][e.section].get("variants")
+    return list(all_variants) if chosen is None else [v for v in all_variants if v in chosen]
+
+
 def settings_for(config: dict, name: str) -> dict:
     """Keyword arguments of the evaluation's function from the config (paths to data come separately)."""
     e = evaluate.entries()[name]
     settings = e.settings(config["evaluate"][e.section])
-    if e.generates:
+    if e.generates:  # evaluate.generation's batching, where the section does not set its own
         for key, value in config["evaluate"]["generation"].items():
-            settings.setdefault(key, value)
+            if settings.get(key) is None:
+                settings[key] = value
     return settings
 
 

@@ -4,8 +4,9 @@ job logs, lengths and corpora. Everything here reads a validated config and impo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from longctx.config.schema import deep_merge
 from longctx.rope.registry import length_at
 
 
@@ -37,6 +38,10 @@ class Variant:
     recovery_of: str | None = None  # recovery stage: the chain step whose long factors it completes
     recovery_lengths: tuple = ()  # recovery stage: the lengths of its short factor sets
     recovery_lambda_max: float | None = None  # recovery stage: the bound of lambda (None: that of each length)
+    # this variant's own settings over the experiment's `search` / `finetune` sections (e.g. LongRoPE2's
+    # needle fitness and critical-dimension search, its mixed context window training)
+    search_settings: dict = field(default_factory=dict)
+    finetune_settings: dict = field(default_factory=dict)
 
     def target_length(self, original_context: int) -> int:
         """The length this variant extends to: scale x the original context."""
@@ -69,11 +74,38 @@ def variants(config: dict) -> list[Variant]:
     """All variants, the base model first."""
     out = [BASE]
     for v in config["variants"]:
-        name = v["name"] or variant_name(v["method"], v["scale"], v["search"], v["finetune"])
-        out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), v["finetune"], v["search"]))
+        search, finetune = v["search"] is not False, v["finetune"] is not False
+        name = v["name"] or variant_name(v["method"], v["scale"], search, finetune)
+        out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), finetune, search,
+                           search_settings=overrides(v["search"]), finetune_settings=overrides(v["finetune"])))
     if config.get("progressive"):
         out += chain_variants(config, original_context(config))
     return out
+
+
+def overrides(value) -> dict:
+    """A variant's ``search:`` / ``finetune:`` value as settings overrides: ``true``/``false`` -> {}."""
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def search_settings_for(config: dict, variant: Variant) -> dict:
+    """The search settings a variant's search runs with: the `search` section, then its own."""
+    section = {k: v for k, v in config["search"].items() if k not in ("corpus", "split")}
+    return deep_merge(section, variant.search_settings)
+
+
+def finetune_settings_for(config: dict, variant: Variant) -> dict:
+    """The fine-tuning settings a variant trains with: the `finetune` section, then its own."""
+    return deep_merge({k: v for k, v in config["finetune"].items() if k != "corpus"}, variant.finetune_settings)
+
+
+def short_corpus(config: dict, variant: Variant) -> str | None:
+    """The corpus of a variant's short context windows (LongRoPE2's mixed context window training):
+    ``finetune.mixed_context.short_corpus``, else the fine-tuning corpus; None when it trains without."""
+    mixed = finetune_settings_for(config, variant)["mixed_context"]
+    if not (variant.finetune and mixed["enabled"]):
+        return None
+    return mixed["short_corpus"] or train_corpus(config, "finetune")
 
 
 # factor sets a variant carries from an earlier search, not what it searches with
@@ -96,7 +128,8 @@ def search_owners(variants: list[Variant]) -> dict[str, str]:
             owners[v.name] = v.name
             continue
         params = {k: p for k, p in v.params.items() if k not in SEARCH_RESULT_PARAMS}
-        key = (v.start, v.method, v.scale, json.dumps(params, sort_keys=True))
+        key = (v.start, v.method, v.scale, json.dumps(params, sort_keys=True),
+               json.dumps(v.search_settings, sort_keys=True))
         owners[v.name] = first.setdefault(key, v.name)
     return owners
 
@@ -202,6 +235,7 @@ def chain_variants(config: dict, original_context: int) -> list:
                 name=f"{name}-x{scale_text(step['scale'])}" + ("-ft" if finetune else ""),
                 method="longrope", scale=float(step["scale"]), params=dict(chain["params"]),
                 finetune=finetune, search=True, start=start, finetune_steps=step["finetune_steps"], chain=name,
+                search_settings=dict(chain["search"]), finetune_settings=dict(chain["finetune"]),
             )
             out.append(variant)
             last = variant
@@ -213,5 +247,6 @@ def chain_variants(config: dict, original_context: int) -> list:
                 name=f"{last.name.removesuffix('-ft')}-recovery", method="longrope", scale=last.scale,
                 params=dict(chain["params"]), finetune=False, search=True, start=start, chain=name,
                 recovery_of=last.name, recovery_lengths=lengths, recovery_lambda_max=chain["recovery_lambda_max"],
+                search_settings=dict(chain["search"]),
             ))
     return out

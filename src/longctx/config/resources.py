@@ -30,6 +30,14 @@ STAGES = ("tokenizer", "prepare", "base_model", "finetune", "search", "evaluate"
 RULE_STAGES = {"tokenizer": "tokenizer", "prepare_corpus": "prepare", "base_model": "base_model",
                "finetune": "finetune", "search": "search", "recovery": "search", "evaluate": "evaluate",
                "report": "report", "compare": "report"}
+
+
+def stage_of_rule(rule: str) -> str | None:
+    """The stage whose resources ``rule`` takes; evaluate_<name> is one evaluation's rule
+    (``evaluate.one_job_per: evaluation``)."""
+    return RULE_STAGES.get(rule) or ("evaluate" if rule.startswith("evaluate_") else None)
+
+
 # what SLURM says an attempt ran out of -> the request a retry grows
 GROWS_AFTER = {"TIMEOUT": "runtime", "OUT_OF_MEMORY": "mem_mb"}
 # stages whose training loop runs data-parallel under accelerate/torchrun (the base model only

@@ -5,14 +5,16 @@ prompts, cluster requests that cannot be scheduled. Every error names its config
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 from longctx.config import evaluations as plan
 from longctx.config import resources
-from longctx.config.experiment import (chain_variants, eval_corpus, original_context, search_corpus, train_corpus,
-                                           variant_name, variants)
-from longctx.config.schema import ConfigError, read_config, validate_schema
+from longctx.config.experiment import (chain_name, chain_variants, eval_corpus, finetune_settings_for, original_context,
+                                       search_corpus, search_settings_for, short_corpus, train_corpus, variant_name,
+                                       variants)
+from longctx.config.schema import ConfigError, deep_merge, read_config, validate_schema
 from longctx.rope import RopeMethodError, method_names
 from longctx.rope.registry import length_at, resolve_params
 
@@ -76,13 +78,19 @@ def _check_semantics(config: dict) -> None:
             resolve_params(v["method"], v["params"])
         except RopeMethodError as e:
             raise ConfigError(f"config key '{where}.params': {e}") from None
-        if v["search"] and v["method"] != "longrope":
+        if v["search"] is not False and v["method"] != "longrope":
             raise ConfigError(f"config key '{where}.search': only the longrope method is searched, not {v['method']!r}")
-        name = v["name"] or variant_name(v["method"], v["scale"], v["search"], v["finetune"])
+        for section in ("search", "finetune"):
+            if isinstance(v[section], dict):
+                _check_overrides(config, section, v[section], f"{where}.{section}")
+        name = v["name"] or variant_name(v["method"], v["scale"], v["search"] is not False, v["finetune"] is not False)
         if name in names or name == "base":
             raise ConfigError(f"config key '{where}.name': variant name {name!r} is used twice (or is reserved: base)")
         names.add(name)
     if config["progressive"]:
+        for index, chain in enumerate(config["progressive"]):
+            for section in ("search", "finetune"):
+                _check_overrides(config, section, chain[section], f"progressive[{index}].{section}")
         check_chains(config, original_context(config))
         for v in chain_variants(config, original_context(config)):
             if v.name in names or v.name == "base":
@@ -99,6 +107,7 @@ def _check_semantics(config: dict) -> None:
     if ft["batch_size"] % ft["micro_batch_size"]:
         raise ConfigError(f"config key 'finetune.micro_batch_size': batch_size ({ft['batch_size']}) must be a "
                           f"multiple of micro_batch_size ({ft['micro_batch_size']})")
+    _check_longrope2(config)
     resources.check(config)
     _check_splits(config)
     _check_evaluation_lengths(config)
@@ -113,6 +122,9 @@ def _check_splits(config: dict) -> None:
         needs.append(("model.pretrain.corpus", train_corpus(config, "pretrain"), "train"))
     if any(v.finetune for v in all_variants):
         needs.append(("finetune.corpus", train_corpus(config, "finetune"), "train"))
+    for v in all_variants:
+        if short_corpus(config, v):
+            needs.append(("finetune.mixed_context.short_corpus", short_corpus(config, v), "train"))
     if any(v.search for v in all_variants):
         needs.append(("search.split", search_corpus(config), config["search"]["split"]))
     if config["evaluate"]["perplexity"]["enabled"]:
@@ -126,7 +138,12 @@ def _check_splits(config: dict) -> None:
 
 def _check_evaluation_lengths(config: dict) -> None:
     """Each evaluation's lengths leave room for its shortest prompt (a lower bound, before any tokenizer)."""
+    names = [v.name for v in variants(config)]
     for name in plan.enabled_evaluations(config):
+        unknown = sorted(set(config["evaluate"][plan.section_of(name)].get("variants") or ()) - set(names))
+        if unknown:
+            raise ConfigError(f"config key 'evaluate.{plan.section_of(name)}.variants': no variant named "
+                              f"{', '.join(map(repr, unknown))} (variants: {', '.join(names)})")
         fewest = plan.min_length(config, name)
         short = [n for n in plan.lengths_for(config, name) if n < fewest]
         if short:
@@ -149,6 +166,50 @@ def _check_local_files(config: dict) -> None:
             for file in [files] if isinstance(files, str) else files:
                 if not (root / file).is_file():
                     raise ConfigError(f"config key 'corpora.{name}.splits.{split}': file {root / file} does not exist")
+
+
+# keys an override cannot set: they choose a rule's inputs, which are per experiment
+_PER_EXPERIMENT = {"search": ("corpus", "split"), "finetune": ("corpus",)}
+
+
+def _check_overrides(config: dict, section: str, override: dict, where: str) -> None:
+    """A variant's or chain's own ``search`` / ``finetune`` keys: known, of the right types (checked
+    against the schema over the resolved section), and not the per-experiment ones."""
+    for key in _PER_EXPERIMENT[section]:
+        if key in override:
+            raise ConfigError(f"config key '{where}.{key}': set per experiment ({section}.{key}), not per variant")
+    probe = copy.deepcopy(config)
+    probe[section] = deep_merge(config[section], override)
+    try:
+        validate_schema(probe)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace(f"config key '{section}.", f"config key '{where}.", 1)) from None
+
+
+def _check_longrope2(config: dict) -> None:
+    """LongRoPE2's switches where they cannot apply, named by the key that turned them on."""
+    owner = {(x["name"] or variant_name(x["method"], x["scale"], x["search"] is not False, x["finetune"] is not False)):
+             f"variants[{i}]" for i, x in enumerate(config["variants"])}
+    chains = {chain_name(config, i): f"progressive[{i}]" for i in range(len(config["progressive"]))}
+    for v in variants(config)[1:]:
+        own = chains[v.chain] if v.chain else owner[v.name]
+        if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.start or v.recovery_of):
+            key = f"{own}.search" if "critical_dim" in v.search_settings else "search"
+            raise ConfigError(f"config key '{key}.critical_dim.enabled': LongRoPE2's critical-dimension search is "
+                              f"one search on the base weights; {v.name} is a chain's "
+                              f"{'recovery' if v.recovery_of else 'secondary'} search (give the chain one step and "
+                              f"no recovery)")
+        mixed = finetune_settings_for(config, v)["mixed_context"]
+        if not (v.finetune and mixed["enabled"]):
+            continue
+        key = f"{own}.finetune" if "mixed_context" in v.finetune_settings else "finetune"
+        if v.method != "longrope":
+            raise ConfigError(f"config key '{key}.mixed_context.enabled': mixed context window training switches a "
+                              f"longrope model between the original RoPE and its factors; {v.name} is {v.method} "
+                              f"(turn it on per longrope variant: finetune: {{mixed_context: {{enabled: true}}}})")
+        if mixed["short_corpus"] is not None and mixed["short_corpus"] not in config["corpora"]:
+            raise ConfigError(f"config key '{key}.mixed_context.short_corpus': no corpus named "
+                              f"{mixed['short_corpus']!r} in 'corpora'")
 
 
 def check_cuda_here() -> None:

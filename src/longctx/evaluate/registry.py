@@ -5,8 +5,8 @@ An evaluation is one module that registers its function::
     @register("passkey", order=20, generates=True, min_length=min_length)
     def evaluate_passkey(model, tokenizer, length, *, seed=1234, trials_per_length=10, ...): ...
 
-and one section ``evaluate.<section>`` of the schema (``enabled``, ``lengths`` and its own settings,
-which become the function's keyword arguments). The entry tells the rest of the workflow what it
+and one section ``evaluate.<section>`` of the schema (``enabled``, ``lengths``, optionally
+``variants``, and its own settings, which become the function's keyword arguments). The entry tells the rest of the workflow what it
 needs: its place in the report (``order``), whether it generates text (then
 ``evaluate.generation``'s batching applies), whether it reads the perplexity corpus' token files
 (the rule gives them as ``data_prefix``), the fewest tokens its prompts need (checked against its
@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-# what decides the jobs (which evaluations, at which lengths), not how one runs
-PLANNING_KEYS = ("enabled", "lengths")
+# what decides the jobs (which evaluations, at which lengths, for which variants), not how one runs
+PLANNING_KEYS = ("enabled", "lengths", "variants")
 
 
 class EvaluationError(ValueError):

@@ -13,7 +13,7 @@ from longctx.artifacts import atomic_dir, atomic_path, read_json
 from longctx.report.figures import EVAL_FIGURES, plot_by_length, plot_search
 from longctx.report.paper_numbers import Setting
 from longctx.report.summary import ReportError, collect, fmt, load_results, lower_is_better, metrics_by_eval, title, write_csv
-from longctx.report.tables import Table, build_table, protocol_lines, table_markdown
+from longctx.report.tables import EXTRA_COLUMNS, Table, build_table, protocol_lines, table_markdown
 from longctx.report.wandb_tables import log_to_wandb
 
 
@@ -27,7 +27,7 @@ class Report:
 
 
 def build_report(results, variants, run: dict, dataset: str, out_md, plots_dir, searches: dict[str, tuple[str, dict]],
-                 setting: Setting | None, plots_link_dir=None, out_csv=None) -> Report:
+                 setting: Setting | None, plots_link_dir=None, out_csv=None, options: dict | None = None) -> Report:
     """Tables, plots (written into ``plots_dir``) and the markdown text, links relative to ``out_md``.
 
     ``plots_link_dir``: where the markdown says the plots are, when they are written elsewhere first.
@@ -55,16 +55,15 @@ def build_report(results, variants, run: dict, dataset: str, out_md, plots_dir, 
         parts += [f"## {title(eval_name)} by length", ""]
         parts += [line + "\n" for line in protocol_lines(results, eval_name)]
         for k, metric in enumerate(metrics):
-            table = build_table(rows, eval_name, metric, variants, setting)
+            table = build_table(rows, eval_name, metric, variants, setting, options)
             tables.append(table)
             direction = "lower is better" if lower_is_better(metric) else "higher is better"
             body = [f"**{metric}** ({direction}, dataset: {', '.join(sorted({c['dataset'] for c in table.cells.values()}))})",
                     "", table_markdown(table, variants, here), ""]
             if k == 0:
                 parts += body
-                if "k_max" in table.extra:
-                    parts += ["k_max: PI's measure over the lengths tested here, the largest length such that every "
-                              "tested length up to it reaches 20% accuracy.", ""]
+                for name, column in EXTRA_COLUMNS.get((eval_name, metric), {}).items():
+                    parts += [column.note(options or {}), ""]
                 name = f"{eval_name}.png"  # the headline metric's plot
                 plot_by_length(table, variants, L, plots_dir / name, f"{run['experiment']}: {metric} by length")
                 plots[f"report/plots/{eval_name}"] = plots_dir / name
@@ -171,8 +170,11 @@ code {{ background: #f3f3f3; padding: 0 0.2em; }}
 
 
 def write_report(result_files, variants: list[dict], run: dict, dataset: str, out_md, out_csv, out_html=None,
-                 plots_dir=None, search_files=(), setting: Setting | None = None, tracker=None) -> Report:
-    """Write summary.csv, the plots, report.md and report.html; log the cross-method tables to ``tracker``."""
+                 plots_dir=None, search_files=(), setting: Setting | None = None, tracker=None,
+                 options: dict | None = None) -> Report:
+    """Write summary.csv, the plots, report.md and report.html; log the cross-method tables to ``tracker``.
+
+    ``options``: the ``report`` config section's knobs (``effective_length_threshold``)."""
     out_md = Path(out_md)
     plots_dir = Path(plots_dir) if plots_dir else out_md.parent / "plots"
     results = load_results(result_files)
@@ -184,7 +186,7 @@ def write_report(result_files, variants: list[dict], run: dict, dataset: str, ou
         searches[Path(path).parent.name] = (str(path), found)
     with atomic_dir(plots_dir) as tmp_plots:
         report = build_report(results, variants, run, dataset, out_md, tmp_plots, searches, setting, plots_dir,
-                              out_csv)
+                              out_csv, options)
     report.plots = {k: plots_dir / p.name for k, p in report.plots.items()}
     write_csv(report.rows, out_csv)
     if out_html:

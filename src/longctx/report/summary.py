@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["experiment", "model", "variant", "method", "scale", "stage", "eval", "dataset", "length", "metric",
            "value", "source", "status"]
 DIVERGED = "diverged"
-_NOT_SETTINGS = {"eval", "length", "variant", "rope", "seconds", "metrics", "dataset"}
+_NOT_SETTINGS = {"eval", "length", "variant", "rope", "seconds", "metrics", "dataset", "fingerprint"}
 
 
 class ReportError(ValueError):

@@ -7,6 +7,7 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from longctx.report.paper_numbers import Setting, matches
 from longctx.report.summary import DIVERGED, _NOT_SETTINGS, fmt, lower_is_better
@@ -32,7 +33,7 @@ class Table:
         return min(values) if lower_is_better(self.metric) else max(values)
 
 
-def k_max_column(table: Table, variants: list[dict]) -> dict:
+def k_max_column(table: Table, variants: list[dict], options: dict) -> dict:
     """PI's k_max per variant over the tested lengths (>= 20% accuracy at every length up to k)."""
     from longctx.evaluate.passkey import k_max
 
@@ -48,17 +49,50 @@ def k_max_column(table: Table, variants: list[dict]) -> dict:
     return out
 
 
-# extra columns per (eval, headline metric): name -> function(table, variants)
-EXTRA_COLUMNS = {("passkey", "accuracy"): {"k_max": k_max_column}}
+def effective_length_column(table: Table, variants: list[dict], options: dict) -> dict:
+    """RULER's effective length per variant: the longest tested length up to which the average stays at
+    or above the threshold (``report.effective_length_threshold``)."""
+    from longctx.evaluate.ruler import effective_length
+
+    threshold = options.get("effective_length_threshold", 85.6)
+    out = {}
+    for v in variants:
+        avg = {n: table.cells[(v["name"], n)]["value"] for n in table.lengths
+               if (v["name"], n) in table.cells and table.cells[(v["name"], n)]["value"] is not None}
+        if avg:
+            best = effective_length(avg, threshold)
+            decided = best if best in avg else min(avg)  # the length that decides it, linked
+            out[v["name"]] = (best, table.cells[(v["name"], decided)]["source"])
+    return out
 
 
-def build_table(rows, eval_name, metric, variants, setting: Setting | None) -> Table | None:
+@dataclass(frozen=True)
+class ExtraColumn:
+    """A column computed from a table's cells across lengths, and the sentence that explains it."""
+
+    compute: Callable  # (table, variants, options) -> {variant: (value, source file)}
+    note: Callable  # (options) -> str
+
+
+# extra columns per (eval, headline metric)
+EXTRA_COLUMNS = {
+    ("passkey", "accuracy"): {"k_max": ExtraColumn(k_max_column, lambda options: (
+        "k_max: PI's measure over the lengths tested here, the largest length such that every tested length up "
+        "to it reaches 20% accuracy."))},
+    ("ruler", "average"): {"effective length": ExtraColumn(effective_length_column, lambda options: (
+        f"effective length: RULER's, the longest tested length up to which the average over its tasks stays at or "
+        f"above {options.get('effective_length_threshold', 85.6):g} (report.effective_length_threshold; RULER's "
+        f"threshold, 85.6, is Llama-2-7B's score at 4k); 0 when no tested length reaches it."))},
+}
+
+
+def build_table(rows, eval_name, metric, variants, setting: Setting | None, options: dict | None = None) -> Table | None:
     cells = {(r["variant"], r["length"]): r for r in rows if r["eval"] == eval_name and r["metric"] == metric}
     if not cells:
         return None
     table = Table(eval_name, metric, sorted({n for _, n in cells}), cells)
-    for name, fn in EXTRA_COLUMNS.get((eval_name, metric), {}).items():
-        table.extra[name] = fn(table, variants)
+    for name, column in EXTRA_COLUMNS.get((eval_name, metric), {}).items():
+        table.extra[name] = column.compute(table, variants, options or {})
     if setting is not None:
         for v in variants:
             if not any((v["name"], n) in cells for n in table.lengths):

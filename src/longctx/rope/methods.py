@@ -33,6 +33,7 @@ from longctx.rope.registry import (
     RopeMethodError,
     register_custom_type,
     register_method,
+    resolve_params,
 )
 
 
@@ -430,9 +431,14 @@ def _longrope_freqs(rope_parameters: dict, factors: list[float], head_dim: int, 
     return 1.0 / (ext * rope_parameters["rope_theta"] ** shape)
 
 
+def _set_mscale(rope_parameters: dict, fs: dict) -> float:
+    # a factor set may carry its own cos/sin scale (LongRoPE2: the original RoPE, 1, for short sequences)
+    return fs["mscale"] if fs.get("mscale") is not None else rope_parameters["attention_factor"]
+
+
 def longrope_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
     fs = _factor_set_for(rope_parameters, seq_len or 1)
-    return _longrope_freqs(rope_parameters, fs["factors"], head_dim), rope_parameters["attention_factor"]
+    return _longrope_freqs(rope_parameters, fs["factors"], head_dim), _set_mscale(rope_parameters, fs)
 
 
 def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
@@ -445,7 +451,7 @@ def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Te
     if fs["n_hat"] > 0:
         scaled = torch.where(pos < fs["n_hat"], pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device),
                              scaled)
-    return scaled, rope_parameters["attention_factor"]
+    return scaled, _set_mscale(rope_parameters, fs)
 
 
 def _longrope_stale(rope_parameters: dict, cached_len: int, new_len: int) -> bool:
@@ -471,12 +477,14 @@ def _factor_sets(s: float, p: dict, g: RopeGeometry) -> list[dict]:
             short_until = p["short_max_length"] or g.original_context
             sets.insert(0, {"max_length": short_until, "factors": p["short_factors"], "n_hat": p["short_n_hat"]})
     for k, fs in enumerate(sets):
-        unknown = set(fs) - {"max_length", "factors", "n_hat"}
+        unknown = set(fs) - {"max_length", "factors", "n_hat", "mscale"}
         if unknown or "factors" not in fs:
-            raise RopeMethodError(f"longrope factor set {k}: needs 'factors' (and optionally 'max_length', 'n_hat'); "
-                                  f"unknown keys {sorted(unknown)}")
+            raise RopeMethodError(f"longrope factor set {k}: needs 'factors' (and optionally 'max_length', 'n_hat', "
+                                  f"'mscale'); unknown keys {sorted(unknown)}")
         fs.setdefault("n_hat", 0)
         fs.setdefault("max_length", None)
+        if fs.get("mscale") is None:
+            fs.pop("mscale", None)
         if not isinstance(fs["factors"], (list, tuple)):
             raise RopeMethodError(f"longrope factor set {k}: 'factors' must be a list, got {type(fs['factors']).__name__}")
         fs["factors"] = [float(x) for x in fs["factors"]]
@@ -510,6 +518,8 @@ def _validate_longrope(s: float, p: dict, g: RopeGeometry) -> None:
                 )
         if not (isinstance(fs["n_hat"], int) and not isinstance(fs["n_hat"], bool) and fs["n_hat"] >= 0):
             raise RopeMethodError(f"{where}: n_hat must be an integer >= 0, got {fs['n_hat']!r}")
+        if "mscale" in fs:
+            _number(fs["mscale"], f"{where}: mscale", 0.0, strict=True)
     if p["mscale"] is not None:
         _number(p["mscale"], "longrope: mscale", 0.0, strict=True)
 
@@ -518,7 +528,7 @@ def _build_longrope(s: float, p: dict, g: RopeGeometry) -> dict:
     sets = _factor_sets(s, p, g)
     mscale = p["mscale"] if p["mscale"] is not None else longrope_mscale(s, g.original_context)
     common = {"original_max_position_embeddings": g.original_context, "rope_theta": g.base}
-    builtin_ok = all(fs["n_hat"] == 0 for fs in sets) and (
+    builtin_ok = all(fs["n_hat"] == 0 and "mscale" not in fs for fs in sets) and (
         len(sets) == 1 or (len(sets) == 2 and sets[0]["max_length"] == g.original_context)
     )
     if builtin_ok:
@@ -546,10 +556,52 @@ register_method(
             "short_factors": None,  # optional second set used up to short_max_length
             "short_max_length": None,  # default: the original context
             "short_n_hat": 0,
-            "factor_sets": None,  # general form: [{max_length, factors, n_hat}], one with max_length null
+            # general form: [{max_length, factors, n_hat, mscale}], one with max_length null; a set's own
+            # mscale (optional) replaces the cos/sin scale for the sequences it serves
+            "factor_sets": None,
             "mscale": None,  # cos/sin scale; null = sqrt(1 + ln s / ln L)
             "monotone": True,  # require non-decreasing factors (the paper's constraint)
         },
         description="LongRoPE (Ding et al. 2024): searched per-dimension factors, n_hat, mscale",
     )
 )
+
+
+# --- LongRoPE2: the original RoPE for short sequences, the searched factors for long ones ---------
+
+
+def with_original_rope_below(scale: float, params: dict, geometry: RopeGeometry, short_mscale: float | None = 1.0,
+                             max_length: int | None = None) -> dict:
+    """``longrope`` parameters that rotate sequences of at most ``max_length`` tokens (default: the original
+    context L) with the original RoPE and longer ones with the long factor set of ``params``.
+
+    LongRoPE2's mixed context window model (Shang et al. 2025, section 3.3 and App. B): short
+    windows keep the original RoPE, long ones the rescaled RoPE, and inference switches by length.
+    ``short_mscale`` is the cos/sin scale of the short set: 1 is the original RoPE (the paper's
+    words); None keeps the long set's mscale for short sequences too, as the released code does
+    (microsoft/nnscaler examples/longrope2 runs transformers' ``longrope`` type, whose attention
+    factor scales every length).
+    """
+    full = resolve_params("longrope", params)
+    long_set = _factor_sets(scale, full, geometry)[-1]
+    short = {"max_length": int(max_length or geometry.original_context), "factors": [1.0] * geometry.n_pairs,
+             "n_hat": 0}
+    if short_mscale is not None:
+        short["mscale"] = float(short_mscale)
+    return {**{k: v for k, v in full.items() if k not in ("factors", "n_hat", "short_factors", "short_max_length",
+                                                          "short_n_hat", "factor_sets")},
+            "factor_sets": [short, {**long_set, "max_length": None}]}
+
+
+def rope_at_length(rope_parameters: dict, seq_len: int) -> dict:
+    """The rope parameters that rotate every sequence as these rotate one of ``seq_len`` tokens: the
+    one factor set a LongRoPE model picks at that length (built-in ``longrope`` or ours); other
+    types, which do not switch by length, unchanged."""
+    rope_type = rope_parameters.get("rope_type")
+    if rope_type == "longrope":
+        original = rope_parameters["original_max_position_embeddings"]
+        chosen = rope_parameters["short_factor" if seq_len <= original else "long_factor"]
+        return {**rope_parameters, "short_factor": list(chosen), "long_factor": list(chosen)}
+    if rope_type == "longctx_longrope":
+        return {**rope_parameters, "factor_sets": [{**_factor_set_for(rope_parameters, seq_len), "max_length": None}]}
+    return dict(rope_parameters)

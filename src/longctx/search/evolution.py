@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 from longctx import provenance
 from longctx.artifacts import ArtifactError
-from longctx.search.space import Individual, SearchError, SearchSpace
+from longctx.search.space import Individual, SearchError, SearchSpace, _monotone, crossover_grid  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +66,14 @@ class CallableFitness:
         return [Score(float(self.fn(n_hat, factors))) for n_hat, factors in candidates]
 
 
-def _monotone(grid: list[int]) -> tuple:
-    out, top = [], grid[0]
-    for x in grid:
-        top = max(top, x)
-        out.append(top)
-    return tuple(out)
-
-
 def mutate(ind: Individual, space: SearchSpace, rng: random.Random, prob: float) -> Individual:
     """Each lambda_i moves with probability ``prob`` to a grid value between its neighbours."""
-    lam = list(ind[1])
-    lo, hi = round(space.lambda_min / space.step), round(space.lambda_max / space.step)
-    for i in range(len(lam)):
-        if rng.random() < prob:
-            left = lam[i - 1] if i > 0 else lo
-            right = lam[i + 1] if i + 1 < len(lam) else hi
-            lam[i] = rng.randint(left, right)
-    n_hat = rng.choice(space.n_hat_choices) if rng.random() < prob else ind[0]
-    return (n_hat, tuple(lam))
+    return space.mutate(ind, rng, prob)
 
 
 def crossover(a: Individual, b: Individual, rng: random.Random, prob: float) -> Individual:
     """Per dimension, take the other parent's value with probability ``prob``."""
-    lam = tuple(y if rng.random() < prob else x for x, y in zip(a[1], b[1]))
-    n_hat = b[0] if rng.random() < prob else a[0]
-    return (n_hat, lam)
+    return crossover_grid(a, b, rng, prob)
 
 
 class FitnessLog:
@@ -225,14 +207,14 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
                 return ind
         return None
 
-    seeded = [(0, _monotone([space.to_grid(x) for x in f])) for f in seeds]
+    seeded = space.initial(seeds, rng)
     population: list[Individual] = []
     for ind in seeded:
         if ind not in population:
             population.append(ind)
     pending = population  # `fresh` must not propose a member of the population being built
     while len(population) < settings["population"]:
-        ind = fresh(lambda: mutate(rng.choice(seeded), space, rng, settings["mutation_prob"]))
+        ind = fresh(lambda: space.mutate(rng.choice(seeded), rng, settings["mutation_prob"]))
         if ind is None:
             break
         population.append(ind)
@@ -243,13 +225,13 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
         parents = [population[i] for i in order[:n_parents]]
         pending = []
         for _ in range(settings["mutations"]):
-            ind = fresh(lambda: mutate(rng.choice(parents), space, rng, settings["mutation_prob"]))
+            ind = fresh(lambda: space.mutate(rng.choice(parents), rng, settings["mutation_prob"]))
             if ind is not None:
                 pending.append(ind)
         for _ in range(settings["crossovers"]):
             if len(parents) < 2:
                 break
-            ind = fresh(lambda: crossover(*rng.sample(parents, 2), rng, settings["crossover_prob"]))
+            ind = fresh(lambda: space.crossover(*rng.sample(parents, 2), rng, settings["crossover_prob"]))
             if ind is not None:
                 pending.append(ind)
         population = parents + pending
@@ -263,6 +245,7 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
                "mean_perplexity": sum(finite) / len(finite),
                "evaluated": len(evaluated), "abandoned": sum(not s.complete for s in evaluated.values()),
                "best_n_hat": population[best][0], "best_factors": space.factors(population[best]),
+               **{f"best_{k}": v for k, v in space.describe(population[best]).items()},
                "seconds": time.time() - started}
         history.append(row)
         log.info("search iteration %d/%d: best ppl %.4f, mean %.4f, %d candidates evaluated (%d abandoned early, "
@@ -273,6 +256,6 @@ def evolutionary_search(fitness, space: SearchSpace, seeds: list[list[float]], s
         if progress is not None:
             progress(row)
     best = min(range(len(population)), key=lambda i: scores[i].perplexity)
-    return {"n_hat": population[best][0], "factors": space.factors(population[best]),
+    return {"n_hat": population[best][0], "factors": space.factors(population[best]), **space.describe(population[best]),
             "perplexity": scores[best].perplexity, "history": history, "evaluated": len(evaluated),
             "abandoned": sum(not s.complete for s in evaluated.values()), "resumed_from_log": resumed}

@@ -1,6 +1,7 @@
 """The search's fitness: perplexity of the model at the task's length on fixed documents, made fast
-(several candidates per forward, the LM head in chunks, early abandoning, compiled layers), and
-``run_search``, which puts a task, its fitness and the algorithm together."""
+(several candidates per forward, the LM head in chunks, early abandoning, compiled layers); LongRoPE2's
+needle-driven perplexity beside it (only the answer tokens of planted needles, ``NeedleFitness``);
+and ``run_search``, which puts a task, its fitness and the algorithm together."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from longctx import provenance
 from longctx.models.kernels import compile_layers, sdpa_kernels
-from longctx.models.loss import window_nll
+from longctx.models.loss import chunked_nll, window_nll
 from longctx.search.evolution import Score, evolutionary_search
 from longctx.search.space import SearchError
 from longctx.search.tasks import SearchTask
@@ -137,19 +138,53 @@ class PerplexityFitness(DocumentFitness):
         return self.decoder.rotary_emb(self._probe, self._positions)
 
     def score_rows(self, rows) -> list[float]:
-        ids = self.windows[[j for _, j in rows]]
+        index = [j for _, j in rows]
+        ids = self.windows[index]
         cos = torch.cat([state[0] for state, _ in rows])
         sin = torch.cat([state[1] for state, _ in rows])
         rotary = self.decoder.rotary_emb
         self.decoder.rotary_emb = _FixedTables(cos, sin)  # each row's candidate RoPE
         try:
             with torch.inference_mode(), sdpa_kernels(self._kernels, "search.sdpa_backend"):
-                sums, count = window_nll(self.model, ids, chunk_size=self.chunk_size)
+                nll = self.row_nll(ids, index)
         finally:
             self.decoder.rotary_emb = rotary
         self.forwards += 1
         self.tokens += ids.numel()
+        return nll
+
+    def row_nll(self, ids: torch.Tensor, index: list[int]) -> list[float]:
+        """Mean next-token NLL of each row of ``ids`` (rows ``index`` of the windows)."""
+        sums, count = window_nll(self.model, ids, chunk_size=self.chunk_size)
         return [s / count for s in sums]
+
+
+class NeedleFitness(PerplexityFitness):
+    """LongRoPE2's needle-driven perplexity (Shang et al. 2025, section 3.2): the NLL of each row's
+    answer tokens only (``answer_start[j]`` .. the row's end, ``longctx.search.needle``), then
+    ``exp(mean over rows of each row's mean answer NLL)``. The same forwards, batching and early
+    abandoning as ``PerplexityFitness`` (a row's answer NLL is >= 0 as well)."""
+
+    def __init__(self, model, windows, answer_start, task: SearchTask, **kwargs):
+        super().__init__(model, windows, task, **kwargs)
+        starts = [int(x) for x in answer_start]
+        if len(starts) != self.documents or not all(1 <= a < task.length for a in starts):
+            raise SearchError(f"needle fitness: {len(starts)} answer starts for {self.documents} rows, each must lie "
+                              f"in 1 .. {task.length - 1}")
+        self.answer_start = starts
+
+    def row_nll(self, ids: torch.Tensor, index: list[int]) -> list[float]:
+        starts = [self.answer_start[j] for j in index]
+        first = min(starts)  # the decoder runs on the whole rows; the head only from the first answer on
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, first - 1 : -1]
+        head = self.model.get_output_embeddings()
+        out = []
+        for b, start in enumerate(starts):
+            targets = ids[b, first:].clone()
+            targets[: start - first] = -100
+            total, count = chunked_nll(hidden[b], head, targets, self.chunk_size)
+            out.append(float(total) / count)
+        return out
 
 
 def pick_documents(lengths: list[int], length: int, count: int, seed: int, where: str) -> list[int]:
@@ -165,14 +200,26 @@ def pick_documents(lengths: list[int], length: int, count: int, seed: int, where
 
 
 def run_search(model, windows, task: SearchTask, settings: dict, seed: int, log_path, progress=None,
-               chunk_size: int = 4096) -> dict:
-    """The whole search for ``task`` on ``model`` with the fitness windows [D, T]; returns ``task.record``."""
-    fitness = PerplexityFitness(model, windows, task, batch_tokens=settings.get("batch_tokens", 32768),
-                                chunk_size=chunk_size, sdpa_backend=settings.get("sdpa_backend"),
-                                compile=settings.get("compile", False))
-    inputs = {"model": provenance.model_digest(model), "documents": provenance.tensors_digest([("windows", windows)]),
+               chunk_size: int = 4096, answer_start=None) -> dict:
+    """The whole search for ``task`` on ``model`` with the fitness windows [D, T]; returns ``task.record``.
+
+    ``search.fitness: needle`` needs ``answer_start`` (the rows of ``longctx.search.needle``):
+    LongRoPE2's needle-driven perplexity; ``perplexity`` (LongRoPE) scores every token."""
+    kind = settings.get("fitness", "perplexity")
+    if (kind == "needle") != (answer_start is not None):
+        raise SearchError(f"config key 'search.fitness': {kind!r} with{'out' if answer_start is None else ''} "
+                          f"needle rows")
+    speed = {"batch_tokens": settings.get("batch_tokens", 32768), "chunk_size": chunk_size,
+             "sdpa_backend": settings.get("sdpa_backend"), "compile": settings.get("compile", False)}
+    if kind == "needle":
+        fitness = NeedleFitness(model, windows, answer_start, task, **speed)
+        documents = [("windows", windows), ("answer_start", torch.as_tensor(answer_start))]
+    else:
+        fitness = PerplexityFitness(model, windows, task, **speed)
+        documents = [("windows", windows)]
+    inputs = {"model": provenance.model_digest(model), "documents": provenance.tensors_digest(documents),
               "task": provenance.digest({k: v for k, v in vars(task).items() if k != "space"}),
-              "fitness": provenance.digest({"chunk_size": chunk_size})}
+              "fitness": provenance.digest({"chunk_size": chunk_size, **({"kind": kind} if kind != "perplexity" else {})})}
     started = time.time()
     result = evolutionary_search(fitness, task.space, list(task.seeds.values()), settings, seed, Path(log_path),
                                  progress=progress, early_abandon=settings.get("early_abandon", True),

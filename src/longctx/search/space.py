@@ -7,6 +7,7 @@ monotone non-decreasing; the first population holds PI, NTK-aware and YaRN's fac
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from longctx.rope import RopeGeometry, build_rope_parameters, inverse_frequencies
@@ -38,6 +39,55 @@ class SearchSpace:
         lo, hi = round(self.lambda_min / self.step), round(self.lambda_max / self.step)
         return (ind[0] in self.n_hat_choices and len(lam) == self.n_pairs
                 and all(lo <= x <= hi for x in lam) and all(a <= b for a, b in zip(lam, lam[1:])))
+
+    # the genetic operators of Algorithm 1; a space with another shape of individual overrides them
+
+    def initial(self, seeds: list[list[float]], rng: random.Random) -> list[Individual]:
+        """The first individuals: each seed on the grid, made monotone, with n_hat 0."""
+        return [(0, _monotone([self.to_grid(x) for x in f])) for f in seeds]
+
+    def mutate(self, ind: Individual, rng: random.Random, prob: float) -> Individual:
+        """Each lambda_i moves with probability ``prob`` to a grid value between its neighbours."""
+        lo, hi = round(self.lambda_min / self.step), round(self.lambda_max / self.step)
+        lam = _mutate_grid(list(ind[1]), lo, hi, rng, prob)
+        return (_mutate_n_hat(ind[0], self.n_hat_choices, rng, prob), lam)
+
+    def crossover(self, a: Individual, b: Individual, rng: random.Random, prob: float) -> Individual:
+        """Per dimension, take the other parent's value with probability ``prob``."""
+        return crossover_grid(a, b, rng, prob)
+
+    def describe(self, ind: Individual) -> dict:
+        """What a result records of an individual beyond its factors and n_hat."""
+        return {}
+
+
+def _monotone(grid: list[int]) -> tuple:
+    out, top = [], grid[0]
+    for x in grid:
+        top = max(top, x)
+        out.append(top)
+    return tuple(out)
+
+
+def _mutate_grid(lam: list[int], lo: int, hi: int, rng: random.Random, prob: float) -> tuple:
+    for i in range(len(lam)):
+        if rng.random() < prob:
+            left = lam[i - 1] if i > 0 else lo
+            right = lam[i + 1] if i + 1 < len(lam) else hi
+            lam[i] = rng.randint(left, right)
+    return tuple(lam)
+
+
+def _mutate_n_hat(n_hat: int, choices: tuple, rng: random.Random, prob: float) -> int:
+    # drawn after the factors, as in every search this package ran before (the same seeded draws)
+    return rng.choice(choices) if rng.random() < prob else n_hat
+
+
+def crossover_grid(a: Individual, b: Individual, rng: random.Random, prob: float) -> Individual:
+    """Per dimension, take the other parent's value with probability ``prob``; n_hat likewise."""
+    lam = tuple(y if rng.random() < prob else x for x, y in zip(a[1], b[1]))
+    n_hat = b[0] if rng.random() < prob else a[0]
+    return (n_hat, lam)
 
 
 def space_for(geometry: RopeGeometry, scale: float, settings: dict, lambda_max: float | None = None) -> SearchSpace:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longctx.rope import RopeGeometry
+from longctx.search.critical import CriticalSpace, critical_space
 from longctx.search.space import SearchError, SearchSpace, seed_factors, space_for
 
 
@@ -59,13 +60,28 @@ class SearchTask:
         if self.base_factors is not None:
             out["relative_factors"] = result["factors"]
             out["base_factors"] = list(self.base_factors)
+        if isinstance(self.space, CriticalSpace):
+            out["critical_dim"] = {"found": result["critical_dim"], **self.space.record()}
         return out
 
 
+def _critical(settings: dict) -> bool:
+    return bool((settings.get("critical_dim") or {}).get("enabled"))
+
+
+def _no_critical(settings: dict, kind: str) -> None:
+    if _critical(settings):
+        raise SearchError(f"config key 'search.critical_dim.enabled': LongRoPE2's critical-dimension search is a "
+                          f"single search on weights never fine-tuned with LongRoPE factors, not a chain's {kind} "
+                          f"search (give that chain one step and no recovery, or turn it off there)")
+
+
 def plain_task(geometry: RopeGeometry, scale: float, settings: dict, params: dict | None = None) -> SearchTask:
-    """Search at ``scale x L`` on a model that was never fine-tuned with LongRoPE factors."""
-    return SearchTask("search", geometry.length_at(scale), float(scale),
-                      space_for(geometry, scale, settings), seed_factors(geometry, scale), dict(params or {}))
+    """Search at ``scale x L`` on a model that was never fine-tuned with LongRoPE factors; LongRoPE2's
+    critical-dimension space when ``settings['critical_dim']['enabled']``."""
+    space = critical_space(geometry, scale, settings) if _critical(settings) else space_for(geometry, scale, settings)
+    return SearchTask("search", geometry.length_at(scale), float(scale), space, seed_factors(geometry, scale),
+                      dict(params or {}))
 
 
 def secondary_task(geometry: RopeGeometry, scale: float, finetuned_scale: float, base_factors: list[float],
@@ -75,6 +91,7 @@ def secondary_task(geometry: RopeGeometry, scale: float, finetuned_scale: float,
     The space and the PI / NTK / YaRN seeds are those of the relative extension ``scale /
     finetuned_scale`` of a model whose context is the fine-tuned length.
     """
+    _no_critical(settings, "secondary")
     if len(base_factors) != geometry.n_pairs:
         raise SearchError(f"secondary search: {len(base_factors)} base factors, the model needs {geometry.n_pairs}")
     relative = scale / finetuned_scale
@@ -95,6 +112,7 @@ def recovery_task(geometry: RopeGeometry, length: int, final_scale: float, long_
     the long search's, unless ``lambda_max`` says otherwise. Seeds: PI, NTK and YaRN at the
     recovery length (all 1 at L: the original RoPE) and the long factors clipped to the bound.
     """
+    _no_critical(settings, "recovery")
     relative = max(length / geometry.original_context, 1.0)
     space = space_for(geometry, relative, settings, lambda_max)
     if space.lambda_max < space.lambda_min:

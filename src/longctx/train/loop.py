@@ -21,6 +21,7 @@ from longctx.artifacts import write_json
 from longctx.data import TokenFile
 from longctx.train import checkpoint
 from longctx.train.flops import FLOP_CONVENTION, flops_per_token, peak_flops_per_device
+from longctx.train.mixed import MixedSequences
 from longctx.train.packing import PackedSequences
 from longctx.train.settings import TrainSettings, check_settings, comparable
 from longctx.train.trainer import Divergence, Trainer
@@ -29,21 +30,25 @@ log = logging.getLogger(__name__)
 
 
 def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracker=None, peak_flops=None,
-          device: str = "auto", base_model_path=None) -> dict:
+          device: str = "auto", base_model_path=None, short_data_prefix=None) -> dict:
     """Train ``model`` and write it to ``out_dir`` (atomically); checkpoints go to ``work_dir``.
 
     Returns the metrics summary; per-step metrics are written to ``work_dir/metrics.jsonl``.
     ``peak_flops``: the whole job's peak FLOP/s for MFU (default: ``settings.peak_tflops`` or the
-    GPU's known peak, times the number of processes).
+    GPU's known peak, times the number of processes). With ``settings.mixed_context`` on, the
+    sequences are LongRoPE2's short and long windows (``longctx.train.mixed``), the short ones from
+    ``short_data_prefix`` when given.
     """
     s = settings
     check_settings(s)
-    data = PackedSequences.from_token_file(TokenFile.open(data_prefix), s.seq_len, s.seed)
+    data = _sequences(model, data_prefix, s, short_data_prefix)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # what determines the run, taken before the trainer casts or wraps the model
     fingerprint = {"model": provenance.model_digest(model), "data": provenance.token_file_digest(data_prefix),
                    "settings": provenance.digest(comparable(s))}
+    if s.mixed_context.enabled and short_data_prefix is not None:
+        fingerprint["short_data"] = provenance.token_file_digest(short_data_prefix)
     trainer = Trainer(model, s, device=device, work_dir=work_dir, base_model_path=base_model_path)
     acc, sp = trainer.accelerator, trainer.sp
     fingerprint["processes"] = acc.num_processes  # the data each process reads depends on it
@@ -127,6 +132,19 @@ def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracke
     acc.wait_for_everyone()
     trainer.close()
     return summary
+
+
+def _sequences(model, data_prefix, s: TrainSettings, short_data_prefix=None):
+    """The training sequences: packed windows of the token stream, or mixed short and long windows."""
+    data = TokenFile.open(data_prefix)
+    if not s.mixed_context.enabled:
+        return PackedSequences.from_token_file(data, s.seq_len, s.seed)
+    from longctx.rope import geometry_of
+
+    short = TokenFile.open(short_data_prefix) if short_data_prefix is not None else None
+    limit = s.mixed_context.short_max_length or geometry_of(model.config).original_context
+    return MixedSequences.from_token_files(data, short, s.seq_len, s.seed, limit, s.mixed_context.short_fraction,
+                                           s.micro_batch_size)
 
 
 def _diverged(error: Divergence, step: int, last_checkpoint: int | None, ckpt: Path) -> Divergence:

@@ -7,6 +7,8 @@ import torch
 from longctx.models.loss import causal_lm_nll
 from longctx.train import attention as attn
 from longctx.train import parallel
+from longctx.train.mixed import rotary_as
+from longctx.train.settings import TrainingError
 
 
 class LossModule(torch.nn.Module):
@@ -14,21 +16,34 @@ class LossModule(torch.nn.Module):
 
     Builds the targets, position ids and attention inputs of a packed batch (document masking,
     flash-attn varlen flattening, the sequence-parallel shard) and returns
-    (loss to back-propagate, mean NLL of the batch for the log)."""
+    (loss to back-propagate, mean NLL of the batch for the log).
+
+    Mixed context window training (``rotaries`` {"short", "long"}, ``longctx.train.mixed``): a
+    micro-batch flagged ``short`` is document-masked and rotated by the short rotary (the original
+    RoPE), any other by the long one."""
 
     def __init__(self, model, chunk_size: int, backend: str = "sdpa", document_masking: bool = False,
-                 sp: parallel.SequenceParallel | None = None, sdpa_backends=None):
+                 sp: parallel.SequenceParallel | None = None, sdpa_backends=None, rotaries: dict | None = None):
         super().__init__()
         self.model, self.chunk_size = model, chunk_size
         self.backend, self.document_masking = backend, document_masking
         self.sp = sp or parallel.SequenceParallel()
         self.sdpa_backends = sdpa_backends
+        self.rotaries = dict(rotaries) if rotaries else None  # a plain dict: not parameters or buffers of ours
 
-    def forward(self, input_ids, segments, position_ids=None, attention_mask=None):
+    def forward(self, input_ids, segments, position_ids=None, attention_mask=None, short=None):
         B, T = input_ids.shape
         targets = torch.cat([input_ids[:, 1:], input_ids.new_full((B, 1), -100)], dim=1)
         kwargs = {}
-        if self.document_masking:
+        masking, rotary = self.document_masking, None
+        if short is not None and self.rotaries is not None:
+            is_short = bool(short.all())
+            if not is_short and bool(short.any()):
+                raise TrainingError("a micro-batch mixes short and long context windows (longctx.train.mixed "
+                                    "groups them by micro-batch)")
+            masking = masking or is_short
+            rotary = self.rotaries["short" if is_short else "long"]
+        if masking:
             targets = attn.document_targets(targets, segments)
             position_ids = attn.document_positions(segments, position_ids)
             if self.backend == "flash_attention_2":
@@ -40,11 +55,11 @@ class LossModule(torch.nn.Module):
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
             if attention_mask is not None and self.sp.degree == 1:
                 kwargs["attention_mask"] = attention_mask  # randomized positions: not packed documents
-        kwargs.update(attn.attention_inputs(self.backend, segments, torch.float32, self.document_masking,
+        kwargs.update(attn.attention_inputs(self.backend, segments, torch.float32, masking,
                                             explicit_causal=self.sp.degree > 1))
         if self.sp.degree > 1:
             input_ids, position_ids, targets = (self.sp.shard(x) for x in (input_ids, position_ids, targets))
-        with attn.sdpa_kernel_context(self.sdpa_backends):
+        with attn.sdpa_kernel_context(self.sdpa_backends), rotary_as(self.model, rotary):
             nll, count = causal_lm_nll(self.model, input_ids, position_ids=position_ids, chunk_size=self.chunk_size,
                                        targets=targets, **kwargs)
         if self.sp.degree == 1:

@@ -15,6 +15,7 @@ from longctx.data import DataError, TokenFile
 class PackedBatch:
     input_ids: torch.Tensor  # [B, T]
     segments: torch.Tensor  # [B, T] document index within the row, from 0
+    short: torch.Tensor | None = None  # [B] bool: short context windows (mixed context window training)
 
 
 class PackedSequences:

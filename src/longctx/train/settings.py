@@ -23,6 +23,17 @@ class LoraSettings:
 
 
 @dataclass
+class MixedContextSettings:
+    """LongRoPE2's mixed context window training (``finetune.mixed_context``; ``longctx.train.mixed``)."""
+
+    enabled: bool = False
+    short_fraction: float = 0.3
+    short_max_length: int | None = None  # None: the model's original context
+    short_corpus: str | None = None  # read by the job (which token files), recorded here for the fingerprint
+    short_mscale: str = "original"  # read by the job (the fine-tuned model's short factor set)
+
+
+@dataclass
 class TrainSettings:
     seq_len: int
     steps: int
@@ -50,6 +61,7 @@ class TrainSettings:
     compile: bool = False
     peak_tflops: float | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
+    mixed_context: MixedContextSettings = field(default_factory=MixedContextSettings)
 
     def __post_init__(self):
         # lists (as read from YAML/JSON) become tuples, a lora dict becomes LoraSettings
@@ -62,6 +74,8 @@ class TrainSettings:
                 if k in lora:
                     lora[k] = tuple(lora[k])
             self.lora = LoraSettings(**lora)
+        if isinstance(self.mixed_context, dict):
+            self.mixed_context = MixedContextSettings(**self.mixed_context)
 
     @classmethod
     def from_config(cls, section: dict, seq_len: int, seed: int) -> "TrainSettings":
@@ -83,6 +97,9 @@ def check_settings(s: TrainSettings) -> None:
     if s.precision == "bf16-pure" and s.strategy.startswith("deepspeed"):
         raise TrainingError("config key 'finetune.precision': bf16-pure is for ddp and fsdp; DeepSpeed's bf16 "
                             "(float32 master weights in its optimizer) is precision: bf16")
+    if s.mixed_context.enabled and not 0 <= s.mixed_context.short_fraction <= 1:
+        raise TrainingError(f"config key 'finetune.mixed_context.short_fraction': must lie in [0, 1], got "
+                            f"{s.mixed_context.short_fraction}")
     if s.compile and s.sequence_parallel > 1:
         raise TrainingError("config keys 'finetune.compile' and 'finetune.sequence_parallel': not together "
                             "(the all-to-all is not traced)")

@@ -17,7 +17,7 @@ from longctx import provenance
 from longctx.artifacts import atomic_dir, read_json, write_json
 from longctx.models.kernels import compile_layers
 from longctx.train import attention as attn
-from longctx.train import checkpoint, parallel
+from longctx.train import checkpoint, mixed, parallel
 from longctx.train.loss import LossModule
 from longctx.train.lora import save_lora, with_lora
 from longctx.train.packing import PackedBatch
@@ -97,7 +97,8 @@ def build_accelerator(model, s: TrainSettings, accumulation: int, precision: str
 def apply_attention(body, s: TrainSettings, accelerator):
     """The attention kernel (``finetune.attention``), inside Ulysses sequence parallelism when several
     processes share a sequence; returns (backend, the ``SequenceParallel`` layout)."""
-    backend = attn.resolve_backend(s.attention, accelerator.device, s.document_masking)
+    masked = s.document_masking or s.mixed_context.enabled  # short context windows are always masked
+    backend = attn.resolve_backend(s.attention, accelerator.device, masked)
     sp = parallel.setup_sequence_parallel(s.sequence_parallel, accelerator.process_index, accelerator.num_processes)
     parallel.check_sequence_parallel(body.config, s.sequence_parallel, s.seq_len)
     if sp.degree > 1:
@@ -105,6 +106,18 @@ def apply_attention(body, s: TrainSettings, accelerator):
     else:
         body.set_attn_implementation(backend)
     return backend, sp
+
+
+def apply_mixed_context(body, s: TrainSettings, device) -> dict | None:
+    """LongRoPE2's mixed context window training: the rotary modules of short windows (the RoPE the
+    model uses at ``short_max_length`` tokens, its original RoPE) and of long ones (at the target
+    length), or None when it is off (``longctx.train.mixed``)."""
+    if not s.mixed_context.enabled:
+        return None
+    from longctx.rope import geometry_of
+
+    short = s.mixed_context.short_max_length or geometry_of(body.config).original_context
+    return mixed.rotaries_at(body, {"short": short, "long": s.seq_len}, device)
 
 
 def apply_compile(body, s: TrainSettings) -> None:
@@ -159,11 +172,13 @@ class Trainer:
         body = model.get_base_model() if s.lora.enabled else model
         self._attn_before = body.config._attn_implementation
         self.backend, self.sp = apply_attention(body, s, acc)
+        rotaries = apply_mixed_context(body, s, acc.device)
         apply_compile(body, s)
         optimizer, self.scheduler = build_optimizer(model, s)
         self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # the loss module is what the strategy wraps, so DDP/FSDP see the whole forward
-        loss_module = LossModule(model, s.chunk_size, self.backend, s.document_masking, self.sp, s.sdpa_backends)
+        loss_module = LossModule(model, s.chunk_size, self.backend, s.document_masking, self.sp, s.sdpa_backends,
+                                 rotaries)
         try:
             self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
         except torch.OutOfMemoryError as e:  # the weights alone do not fit
@@ -176,6 +191,8 @@ class Trainer:
         """Tensors for the loss module: ids, segments and the RoPE method's training positions."""
         device = self.accelerator.device
         inputs = {"input_ids": batch.input_ids.to(device), "segments": batch.segments.to(device)}
+        if batch.short is not None:
+            inputs["short"] = batch.short.to(device)
         if self.settings.randomized_positions:
             extra = _training_positions(self.base_config, batch.input_ids.shape, self.settings.seed, position)
             inputs.update({k: v.to(device) for k, v in extra.items()})
