@@ -40,6 +40,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_h else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # packed pretraining/fine-tuning windows rarely ignore a token: skip a full pass over the logits
+        all_valid = bool((targets != -100).all())
         for a in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[a : a + chunk_size].to(compute_dtype), targets[a : a + chunk_size]
             logits = (h @ w.t()).float()
@@ -50,7 +52,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             # d(sum nll)/d logits = softmax - one_hot(target), zero on ignored rows
             d = torch.exp_(logits.sub_(lse[:, None]))
             d[torch.arange(len(t), device=t.device), safe] -= 1.0
-            d.mul_(valid[:, None])
+            if not all_valid:
+                d.mul_(valid[:, None])
             d = d.to(compute_dtype)
             if need_h:
                 grad_hidden[a : a + chunk_size] = (d @ w).to(hidden.dtype)
