@@ -104,6 +104,35 @@ def test_saved_model_reloads_with_plain_from_pretrained(tmp_path, method, scale,
     assert torch.equal(inside[0], table[0]) and torch.equal(inside[1], table[1])
 
 
+def test_import_longctx_alone_is_enough_for_a_plain_from_pretrained_in_a_fresh_process(tmp_path):
+    """`import longctx` registers the custom rope types once transformers loads (not before: the
+    workflow's planning never imports transformers), so a user's own from_pretrained works."""
+    import subprocess
+    import sys
+
+    model = apply_to_model(tiny(), "yarn", 4.0, {"ramp": "paper"})
+    assert model.config.rope_parameters["rope_type"].startswith("longctx_")
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 50, (1, 3 * L))
+    torch.save(logits(model, ids), tmp_path / "expected.pt")
+    torch.save(ids, tmp_path / "ids.pt")
+    script = f"""
+import sys
+import longctx
+import longctx.config
+assert "transformers" not in sys.modules, "longctx imported transformers before anything needed it"
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}).eval()
+ids = torch.load({str(tmp_path / "ids.pt")!r})
+with torch.no_grad():
+    out = model(ids).logits
+assert torch.equal(out, torch.load({str(tmp_path / "expected.pt")!r})), "reloaded model differs"
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
 @pytest.mark.parametrize("method,scale,params", [
     ("yarn", 4.0, {}), ("dynamic_ntk", 4.0, {}), ("giraffe_truncated", 4.0, {}),

@@ -30,4 +30,4 @@ from longctx.rope import methods as _methods  # noqa: F401  (fills the registry)
 from longctx.rope.methods import rope_at_length, with_original_rope_below  # noqa: F401
 from longctx.rope import hf_patch as _hf_patch
 
-_hf_patch.install()
+_hf_patch.install_with_transformers()

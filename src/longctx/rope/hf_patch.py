@@ -15,11 +15,20 @@ this package (their config carries ``longctx_rope``): the built-in module keeps 
 of the longest sequence seen so far, so a shorter sequence (still beyond L) that follows a longer
 one would otherwise be rotated with the longer one's scale. Per forward, the frequencies are
 transformers' own function of the current length.
+
+``install_with_transformers`` (what ``import longctx`` calls) installs the hooks at once when
+transformers is already imported, else right after ``transformers`` itself is first imported: code
+that never touches transformers (the workflow's planning in Snakemake, the config checks) does
+not pay for importing it, and a plain ``from_pretrained`` after ``import longctx`` still finds the
+hooks (the package ``transformers`` finishes importing before any of its model modules load).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from functools import wraps
 
 import torch
@@ -164,3 +173,34 @@ def install() -> None:
             _patch_forward(cls)
     _wrap_sdpa()
     _installed = True
+
+
+class _AfterTransformersImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of the ``transformers`` package so ``install`` runs
+    as soon as the package has finished importing, then steps aside."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_install(module):
+            exec_module(module)
+            install()
+
+        spec.loader.exec_module = exec_then_install
+        return spec
+
+
+def install_with_transformers() -> None:
+    """``install`` now if transformers is imported, else once it is (see the module's docstring)."""
+    if _installed:
+        return
+    if "transformers" in sys.modules:
+        install()
+    elif not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTransformersImport())
