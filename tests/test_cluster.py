@@ -263,7 +263,7 @@ def test_sbatch_line_is_the_plugins_submission_for_the_job():
     assert line == (
         "sbatch --parsable --job-name '<run id>' "
         "--output /w/results/austen-tiny/slurm_logs/rule_evaluate/pi-x4-ft_perplexity_512/%j.log --export=ALL "
-        "--comment rule_evaluate_wildcards_pi-x4-ft_perplexity_512  -A proj  -p debug -t 10 --mem 1900 "
+        "--comment rule_evaluate_wildcards_pi-x4-ft_perplexity_512  -A proj  -p debug -t 10 --mem 2300 "
         '--cpus-per-task=4 -D /w --gpus=a100:1 --wrap="<snakemake job step>"')
 
 
@@ -292,4 +292,4 @@ def test_nothing_is_looked_up_before_a_slurm_run_starts(tmp_path):
     run = SlurmRun(tmp_path / "slurm_logs", notify=lambda m: pytest.fail(f"nothing to say: {m}"))
     assert run.ends("finetune", ["pi-x2-ft"], 2) is None and run.limits(None) is None
     res = stage_resources(default_config(), "finetune").snakemake_resources(run.ends, run.limits, run.notify)
-    assert (res["runtime"](["pi-x2-ft"], 3, "finetune"), res["mem_mb"](["pi-x2-ft"], 3, "finetune")) == (15, 2100)
+    assert (res["runtime"](["pi-x2-ft"], 3, "finetune"), res["mem_mb"](["pi-x2-ft"], 3, "finetune")) == (15, 2300)

@@ -100,8 +100,8 @@ def test_defaults_per_stage_and_overrides_per_experiment():
     # the embedded default sets its own, sized from its measured run (config.yaml)
     embedded = config_with({})
     assert {s: (stage_resources(embedded, s).mem_mb, stage_resources(embedded, s).cpus) for s in STAGES} == {
-        "tokenizer": (1500, 1), "prepare": (1600, 1), "base_model": (2100, 2), "finetune": (2100, 2),
-        "search": (1900, 1), "evaluate": (1900, 1), "report": (2000, 1)}
+        "tokenizer": (1600, 1), "prepare": (1700, 1), "base_model": (2300, 2), "finetune": (2300, 2),
+        "search": (2000, 1), "evaluate": (2300, 1), "report": (2000, 1)}
     cfg = config_with({"partition": "cpu", "account": "proj1",
                        "finetune": {"partition": "gpu", "gpus": 8, "gpu_type": "h100", "runtime": 1440,
                                     "mem_mb": 480000, "cpus": 64}})

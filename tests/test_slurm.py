@@ -9,7 +9,8 @@ call the plugin made. Then a longer fine-tune is killed with scancel after its f
 profile's retry resubmits it with the same time limit and memory, and it resumes from the checkpoint;
 a job that runs out of time is retried with twice the time. A request the node cannot give fails
 before anything is submitted, naming the rule, the request and the limit. Before all that, the
-multi-node launch command (srun + torchrun) runs a rendezvous probe inside a real allocation.
+multi-node launch command (srun + torchrun) runs a rendezvous probe inside a real allocation, and
+the embedded default (config.yaml as shipped) runs to its report through the profile.
 Skipped only where SLURM is not installed (no `sbatch`); installed but down is a failure.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longctx import config as lc
 from longctx import launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,6 +200,26 @@ rule slow:
     # outlasts a 1-minute allocation (the limit SLURM gave this job, not the job step's own view)
     shell: 'if [ "$(squeue -h -j "$SLURM_JOB_ID" -o %l)" = 1:00 ]; then sleep 600; fi; echo done > {output}'
 """
+
+
+def test_the_embedded_default_completes_through_the_profile(partition, tmp_path):
+    """Issue 20: `snakemake --profile slurm all` on config.yaml as shipped (its resources fit this
+    cluster): every job but `all` goes through sbatch and the report holds every result."""
+    (tmp_path / "data").symlink_to(REPO / "data")  # config.yaml reads data/austen from the working directory
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    proc = snakemake(tmp_path, config, "all", slurm=True)
+    wait(proc, 1500, "snakemake --profile slurm all on config.yaml")
+    submitted, rules = submissions(proc.output.read_text())
+    assert set(submitted) == {j for j, rule in rules.items() if rule != "all"}, "jobs not submitted to SLURM"
+    assert {"base_model", "finetune", "search", "recovery", "evaluate_perplexity", "report"} <= \
+        {rule for rule, _, _ in submitted.values()}
+    out = tmp_path / "results" / config["experiment"]
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"][:3]
+    assert {"perplexity", "passkey", "ruler"} <= {r["eval"] for r in rows}
+    assert {r["variant"] for r in rows} == {v.name for v in lc.variants(lc.load_config(REPO / "config.yaml"))}
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
 @pytest.fixture(scope="module")
