@@ -173,8 +173,22 @@ EVAL_SETTINGS = {e: lc_eval.settings_for(config, e) for e in EVALS}
 READS_TOKENS = {e for e in EVALS if evaluate.entries()[e].reads_tokens}
 
 
+PPL_DATA = f"{R}/data/{PPL_CORPUS}/{PPL['split']}"  # the token files' prefix
+
+
 def eval_data_prefix(name):
-    return f"{R}/data/{PPL_CORPUS}/{PPL['split']}" if name in READS_TOKENS else None
+    return PPL_DATA if name in READS_TOKENS else None
+
+
+def variant_eval_plans():
+    """evaluate.one_job_per: variant - per variant, what its job runs: each enabled evaluation on it,
+    with its lengths, output JSONs, settings, and whether it reads the perplexity corpus' tokens."""
+    plans = {}
+    for name in VARIANTS:
+        plans[name] = [{"evaluation": e, "lengths": EVAL_LENGTHS[e], "settings": EVAL_SETTINGS[e],
+                        "outs": [f"{R}/eval/{name}/{e}-{n}.json" for n in EVAL_LENGTHS[e]],
+                        "reads_data": e in READS_TOKENS} for e in EVALS if name in EVAL_VARIANTS[e]]
+    return {name: plan for name, plan in plans.items() if plan}
 
 
 def eval_inputs(w, name=None):

@@ -1,7 +1,8 @@
 # Evaluations: one cached JSON per (variant, evaluation, length); inputs and settings in common.smk.
-# evaluate.one_job_per groups them into jobs: one per result (rule evaluate), or one per (variant,
-# evaluation) writing all its lengths (rules evaluate_<evaluation>; outputs flagged update(), so the
-# job can keep each result already made from the same inputs - longctx.jobs.evaluate).
+# evaluate.one_job_per groups them into jobs: one per result (rule evaluate), one per (variant,
+# evaluation) writing all its lengths (rules evaluate_<evaluation>), or one per variant running all
+# its evaluations (rules evaluate_variant_<variant>). Grouped outputs are flagged update(), so a job
+# keeps each result already made from the same inputs (longctx.jobs.evaluate_variant).
 
 EVAL_SHELL = (
     "{params.launch} evaluate --evaluation {params.evaluation:q} --model {input.model:q} "
@@ -41,7 +42,7 @@ if config["evaluate"]["one_job_per"] == "length":
         shell:
             EVAL_SHELL
 
-else:
+elif config["evaluate"]["one_job_per"] == "evaluation":
     for EVAL in EVALS:
 
         rule:
@@ -74,3 +75,37 @@ else:
                 f"{R}/benchmarks/eval/{{variant}}/{EVAL}.tsv"
             shell:
                 EVAL_SHELL
+
+else:
+    for VARIANT, PLAN in variant_eval_plans().items():
+
+        rule:
+            name:
+                f"evaluate_variant_{re.sub(r'[^A-Za-z0-9_]', '_', VARIANT)}"
+            input:
+                model=model_dir(VARIANT),
+                factors=factors_file(VARIANT),
+                data=token_files(PPL_CORPUS, PPL["split"]) if any(p["reads_data"] for p in PLAN) else [],
+            output:
+                [update(out) for p in PLAN for out in p["outs"]],
+            params:
+                plan=q(PLAN),
+                variant=q(variant_dict(VARIANT)),
+                data=option("--data", PPL_DATA if any(p["reads_data"] for p in PLAN) else None),
+                factors=option("--factors", factors_file(VARIANT)),
+                run=q(RUN),
+                device=config["device"],
+                launch=launcher(data_parallel=False),
+            threads: stage_threads("evaluate")
+            resources:
+                **stage_resources("evaluate"),
+            conda:
+                "../envs/longctx.yaml"
+            log:
+                f"{R}/logs/eval/{VARIANT}.log",
+            benchmark:
+                f"{R}/benchmarks/eval/{VARIANT}.tsv"
+            shell:
+                "{params.launch} evaluate-variant --model {input.model:q} --variant {params.variant} "
+                "--plan {params.plan} --run {params.run} --device {params.device:q} {params.data:q} "
+                "{params.factors:q} > {log:q} 2>&1"

@@ -8,7 +8,7 @@ import pytest
 
 from longctx import jobs
 from longctx.config import RunInfo, Variant
-from longctx.config import load_config
+from longctx.config import load_config, variants
 from longctx.config.evaluations import enabled_evaluations, lengths_for, settings_for
 from longctx.evaluate import EVALUATIONS
 from longctx.evaluate import wikiqa
@@ -88,17 +88,23 @@ def test_bad_evaluation_config_names_the_key(override, message):
         load_config(REPO / "config.yaml", override)
 
 
-def test_one_job_for_several_lengths_keeps_each_result_made_from_the_same_inputs(tmp_path, austen_tokenizer):
-    """evaluate.one_job_per: evaluation - one process, one JSON per length; a rerun with a length added
-    computes only that length, and a changed model recomputes them all."""
+@pytest.fixture
+def pi_x4_on_a_tiny_model(tmp_path, austen_tokenizer):
+    """(model folder, its tokenizer, a PI x4 variant, run facts): what an evaluate job is given."""
     from longctx.data import load_tokenizer
 
     tokenizer = load_tokenizer(austen_tokenizer)
     model_dir = tmp_path / "model"
     tiny_llama(vocab_size=len(tokenizer), context=64).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    variant = Variant("pi-x4", "pi", 4.0, {}, finetune=False, search=False)
-    run = RunInfo("t", "local", "tiny", 64, 1)
+    return model_dir, tokenizer, Variant("pi-x4", "pi", 4.0, {}, finetune=False, search=False), \
+        RunInfo("t", "local", "tiny", 64, 1)
+
+
+def test_one_job_for_several_lengths_keeps_each_result_made_from_the_same_inputs(tmp_path, pi_x4_on_a_tiny_model):
+    """evaluate.one_job_per: evaluation - one process, one JSON per length; a rerun with a length added
+    computes only that length, and a changed model recomputes them all."""
+    model_dir, tokenizer, variant, run = pi_x4_on_a_tiny_model
     settings = {"trials_per_length": 1, "max_new_tokens": 3}
 
     def evaluate(lengths):
@@ -115,6 +121,46 @@ def test_one_job_for_several_lengths_keeps_each_result_made_from_the_same_inputs
     tiny_llama(vocab_size=len(tokenizer), context=64, seed=1).save_pretrained(model_dir)  # other weights
     third = evaluate([256, 384, 512])
     assert all(third[n]["fingerprint"] != second[n]["fingerprint"] for n in (256, 384, 512))
+
+
+def test_one_job_per_variant_keeps_what_per_evaluation_jobs_made_and_computes_only_the_rest(tmp_path,
+                                                                                           pi_x4_on_a_tiny_model):
+    """evaluate.one_job_per: variant - one process runs every evaluation of a variant; results carry
+    the same fingerprints as those of one job per evaluation, so switching grouping recomputes nothing."""
+    from longctx.evaluate import EvaluationError
+
+    model_dir, _, variant, run = pi_x4_on_a_tiny_model
+    passkey = {"trials_per_length": 1, "max_new_tokens": 3}
+    lines = {"examples": 1}
+    common = dict(model=model_dir, variant=variant, run=run, device="cpu")
+    outs = {(e, n): tmp_path / "eval" / f"{e}-{n}.json" for e in ("passkey", "lines") for n in (512, 640)}
+    jobs.evaluate(evaluation="passkey", lengths=[512], outs=[outs["passkey", 512]], settings=passkey, **common)
+    before = outs["passkey", 512].read_text()
+
+    plan = [{"evaluation": "passkey", "lengths": [512, 640], "outs": [str(outs["passkey", n]) for n in (512, 640)],
+             "settings": passkey, "reads_data": False},
+            {"evaluation": "lines", "lengths": [512, 640], "outs": [str(outs["lines", n]) for n in (512, 640)],
+             "settings": lines, "reads_data": False}]
+    jobs.evaluate_variant(plan=plan, **common)
+    assert outs["passkey", 512].read_text() == before  # kept: made from the same inputs
+    results = {k: json.loads(o.read_text()) for k, o in outs.items()}
+    assert {(r["eval"], r["length"]) for r in results.values()} == set(outs)
+    assert len({r["fingerprint"] for r in results.values()}) == 4
+    # an evaluation that reads token files, given none: refused before the model loads
+    with pytest.raises(EvaluationError, match="reads token files, but no --data"):
+        jobs.evaluate_variant(plan=[{**plan[0], "reads_data": True}], **common)
+
+
+def test_one_job_per_variant_plans_one_job_per_variant(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config",
+                           'evaluate={"one_job_per": "variant"}'], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = dict(re.findall(r"^(evaluate\w*)\s+(\d+)\s*$", proc.stdout + proc.stderr, re.M))
+    names = [v.name for v in variants(load_config(REPO / "config.yaml"))]
+    assert counts == {f"evaluate_variant_{re.sub(r'[^A-Za-z0-9_]', '_', n)}": "1" for n in names}
 
 
 def test_one_job_per_evaluation_plans_a_job_per_variant_and_evaluation(tmp_path):

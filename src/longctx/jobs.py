@@ -290,28 +290,48 @@ def evaluate(*, evaluation: str, model: Path, variant: Variant, lengths: list[in
     extended model - weights and RoPE -, the settings, the data, the seed, the length); a result
     already on disk with the same fingerprint is kept, not recomputed, so one job can serve several
     lengths and still recompute only what changed. Non-finite metrics are recorded as diverged."""
+    plan = [{"evaluation": evaluation, "lengths": lengths, "outs": outs, "settings": settings,
+             "reads_data": data is not None}]
+    evaluate_variant(model=model, variant=variant, plan=plan, run=run, device=device, data=data, factors=factors)
+
+
+def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo, device: str = "auto",
+                     data: Path | None = None, factors: Path | None = None) -> None:
+    """Several evaluations of one variant in one process (``evaluate.one_job_per: variant``): ``plan``
+    lists, per evaluation, its ``evaluation`` name, ``lengths``, ``outs`` (one JSON per length),
+    ``settings`` and ``reads_data`` (whether it reads the token files at ``data``). The model loads
+    once; each result is fingerprinted and kept as ``evaluate`` does, so a result made in one job
+    grouping is kept under another."""
     from longctx import provenance
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
     from longctx.models import pick_device
 
-    if evaluation not in EVALUATIONS:  # before the model loads
-        raise EvaluationError(f"unknown evaluation {evaluation!r}; known: {', '.join(sorted(EVALUATIONS))}")
-    if len(lengths) != len(outs):
-        raise EvaluationError(f"evaluate: {len(lengths)} lengths but {len(outs)} output files")
+    for item in plan:  # before the model loads
+        if item["evaluation"] not in EVALUATIONS:
+            raise EvaluationError(f"unknown evaluation {item['evaluation']!r}; known: {', '.join(sorted(EVALUATIONS))}")
+        if len(item["lengths"]) != len(item["outs"]):
+            raise EvaluationError(f"evaluate {item['evaluation']}: {len(item['lengths'])} lengths but "
+                                  f"{len(item['outs'])} output files")
+        if item.get("reads_data") and data is None:
+            raise EvaluationError(f"evaluate {item['evaluation']}: it reads token files, but no --data was given")
     # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
     loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune)
     tok = load_tokenizer(model)
-    inputs = {"model": provenance.model_digest(loaded), "evaluation": evaluation, "seed": run.seed,
-              "settings": provenance.digest(settings),
-              "data": provenance.token_file_digest(data) if data else None}
-    for length, out in zip(lengths, outs):
-        fingerprint = provenance.digest({**inputs, "length": int(length)})
-        if _kept(out, fingerprint):
-            log.info("%s of %s at %d: kept %s (made from the same inputs)", evaluation, variant.name, length, out)
-            continue
-        write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, data),
-                         "fingerprint": fingerprint})
+    model_digest = provenance.model_digest(loaded)
+    data_digest = provenance.token_file_digest(data) if data is not None else None
+    for item in plan:
+        evaluation, settings = item["evaluation"], item["settings"]
+        item_data = data if item.get("reads_data") else None
+        inputs = {"model": model_digest, "evaluation": evaluation, "seed": run.seed,
+                  "settings": provenance.digest(settings), "data": data_digest if item_data else None}
+        for length, out in zip(item["lengths"], map(Path, item["outs"])):
+            fingerprint = provenance.digest({**inputs, "length": int(length)})
+            if _kept(out, fingerprint):
+                log.info("%s of %s at %d: kept %s (made from the same inputs)", evaluation, variant.name, length, out)
+                continue
+            write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, item_data),
+                             "fingerprint": fingerprint})
 
 
 def _kept(out: Path, fingerprint: str) -> bool:
@@ -375,4 +395,4 @@ def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None)
     side_by_side(summaries, out_md, out_csv)
 
 
-JOBS = (tokenizer, prepare, base_model, finetune, search, recovery, evaluate, report, compare)
+JOBS = (tokenizer, prepare, base_model, finetune, search, recovery, evaluate, evaluate_variant, report, compare)
