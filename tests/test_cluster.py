@@ -263,7 +263,7 @@ def test_sbatch_line_is_the_plugins_submission_for_the_job():
     assert line == (
         "sbatch --parsable --job-name '<run id>' "
         "--output /w/results/austen-tiny/slurm_logs/rule_evaluate/pi-x4-ft_perplexity_512/%j.log --export=ALL "
-        "--comment rule_evaluate_wildcards_pi-x4-ft_perplexity_512  -A proj  -p debug -t 10 --mem 2300 "
+        "--comment rule_evaluate_wildcards_pi-x4-ft_perplexity_512  -A proj  -p debug -t 10 --mem 2500 "
         '--cpus-per-task=4 -D /w --gpus=a100:1 --wrap="<snakemake job step>"')
 
 

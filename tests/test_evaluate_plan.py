@@ -151,26 +151,24 @@ def test_one_job_per_variant_keeps_what_per_evaluation_jobs_made_and_computes_on
         jobs.evaluate_variant(plan=[{**plan[0], "reads_data": True}], **common)
 
 
-def test_one_job_per_variant_plans_one_job_per_variant(tmp_path):
+def planned_evaluate_jobs(grouping: str) -> dict[str, int]:
+    """Evaluate rule -> jobs in a dry run of the embedded default with ``evaluate.one_job_per: grouping``."""
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config",
-                           'evaluate={"one_job_per": "variant"}'], cwd=REPO, capture_output=True, text=True)
+                           f'evaluate={{"one_job_per": "{grouping}"}}'], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    counts = dict(re.findall(r"^(evaluate\w*)\s+(\d+)\s*$", proc.stdout + proc.stderr, re.M))
+    return {rule: int(n) for rule, n in re.findall(r"^(evaluate\w*)\s+(\d+)\s*$", proc.stdout + proc.stderr, re.M)}
+
+
+def test_one_job_per_variant_plans_one_job_per_variant():
     names = [v.name for v in variants(load_config(REPO / "config.yaml"))]
-    assert counts == {f"evaluate_variant_{re.sub(r'[^A-Za-z0-9_]', '_', n)}": "1" for n in names}
+    assert planned_evaluate_jobs("variant") == {f"evaluate_variant_{re.sub(r'[^A-Za-z0-9_]', '_', n)}": 1
+                                                for n in names}
 
 
-def test_one_job_per_evaluation_plans_a_job_per_variant_and_evaluation(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], cwd=REPO, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = proc.stdout + proc.stderr
-    counts = dict(re.findall(r"^(evaluate\w*)\s+(\d+)\s*$", text, re.M))
+def test_one_job_per_evaluation_plans_a_job_per_variant_and_evaluation():
     # the embedded default: 8 variants x (perplexity, passkey), RULER on two variants
-    assert counts == {"evaluate_perplexity": "8", "evaluate_passkey": "8", "evaluate_ruler": "2"}
+    assert planned_evaluate_jobs("evaluation") == {"evaluate_perplexity": 8, "evaluate_passkey": 8,
+                                                   "evaluate_ruler": 2}

@@ -101,7 +101,7 @@ def test_defaults_per_stage_and_overrides_per_experiment():
     embedded = config_with({})
     assert {s: (stage_resources(embedded, s).mem_mb, stage_resources(embedded, s).cpus) for s in STAGES} == {
         "tokenizer": (1600, 1), "prepare": (1700, 1), "base_model": (2300, 2), "finetune": (2300, 2),
-        "search": (2000, 1), "evaluate": (2300, 1), "report": (2000, 1)}
+        "search": (2000, 1), "evaluate": (2500, 1), "report": (2000, 1)}
     cfg = config_with({"partition": "cpu", "account": "proj1",
                        "finetune": {"partition": "gpu", "gpus": 8, "gpu_type": "h100", "runtime": 1440,
                                     "mem_mb": 480000, "cpus": 64}})
@@ -194,9 +194,10 @@ def test_dry_run_rules_ask_for_the_configured_resources_and_launch_over_the_node
     assert res["mpi"] == "srun" and res["tasks"] == "2"
     assert shell.startswith("srun --nodes=2 --ntasks-per-node=1 ") and " torchrun --nnodes=2 --nproc-per-node=8 " in shell
     assert "-m longctx finetune --model " in shell
-    res, threads, shell = jobs["evaluate_perplexity"]  # config.yaml: one job per (variant, evaluation)
+    # config.yaml groups evaluations into jobs (evaluate.one_job_per): any one of them
+    res, threads, shell = next(job for rule, job in sorted(jobs.items()) if rule.startswith("evaluate"))
     assert res["gpu"] == "1" and res["runtime"] == "90" and res["slurm_partition"] == "cpu"
-    assert shell.startswith("python -m longctx evaluate ")
+    assert shell.startswith(("python -m longctx evaluate ", "python -m longctx evaluate-variant "))
     res, threads, shell = jobs["tokenizer"]
     assert res["runtime"] == "30" and res["mem_mb"] == "4000" and "gpu" not in res
     assert shell.startswith("python -m longctx tokenizer ")
