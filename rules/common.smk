@@ -149,9 +149,14 @@ def launcher(data_parallel):
     return lambda wildcards, resources: from_resources(resources, data_parallel)
 
 
+def eval_json(variant, evaluation, length):
+    """One evaluation result (also a pattern, given "{variant}", "{eval}", "{length}")."""
+    return f"{R}/eval/{variant}/{evaluation}-{length}.json"
+
+
 def eval_result_files():
     """Every evaluation JSON the report gathers: each enabled evaluation at its own lengths, on its variants."""
-    return [f"{R}/eval/{v}/{e}-{n}.json" for e in EVALS for v in EVAL_VARIANTS[e] for n in EVAL_LENGTHS[e]]
+    return [eval_json(v, e, n) for e in EVALS for v in EVAL_VARIANTS[e] for n in EVAL_LENGTHS[e]]
 
 
 def one_of(names):
@@ -186,7 +191,7 @@ def variant_eval_plans():
     plans = {}
     for name in VARIANTS:
         plans[name] = [{"evaluation": e, "lengths": EVAL_LENGTHS[e], "settings": EVAL_SETTINGS[e],
-                        "outs": [f"{R}/eval/{name}/{e}-{n}.json" for n in EVAL_LENGTHS[e]],
+                        "outs": [eval_json(name, e, n) for n in EVAL_LENGTHS[e]],
                         "reads_data": e in READS_TOKENS} for e in EVALS if name in EVAL_VARIANTS[e]]
     return {name: plan for name, plan in plans.items() if plan}
 

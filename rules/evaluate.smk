@@ -17,7 +17,7 @@ if config["evaluate"]["one_job_per"] == "length":
         input:
             unpack(eval_inputs),
         output:
-            f"{R}/eval/{{variant}}/{{eval}}-{{length}}.json",
+            eval_json("{variant}", "{eval}", "{length}"),
         wildcard_constraints:
             eval=one_of(EVALS),
         params:
@@ -51,7 +51,7 @@ elif config["evaluate"]["one_job_per"] == "evaluation":
             input:
                 unpack(lambda w, name=EVAL: eval_inputs(w, name)),
             output:
-                [update(f"{R}/eval/{{variant}}/{EVAL}-{n}.json") for n in EVAL_LENGTHS[EVAL]],
+                [update(eval_json("{variant}", EVAL, n)) for n in EVAL_LENGTHS[EVAL]],
             wildcard_constraints:
                 variant=one_of(EVAL_VARIANTS[EVAL]),
             params:
@@ -78,6 +78,7 @@ elif config["evaluate"]["one_job_per"] == "evaluation":
 
 else:
     for VARIANT, PLAN in variant_eval_plans().items():
+        READS_DATA = any(p["reads_data"] for p in PLAN)
 
         rule:
             name:
@@ -85,13 +86,13 @@ else:
             input:
                 model=model_dir(VARIANT),
                 factors=factors_file(VARIANT),
-                data=token_files(PPL_CORPUS, PPL["split"]) if any(p["reads_data"] for p in PLAN) else [],
+                data=token_files(PPL_CORPUS, PPL["split"]) if READS_DATA else [],
             output:
                 [update(out) for p in PLAN for out in p["outs"]],
             params:
                 plan=q(PLAN),
                 variant=q(variant_dict(VARIANT)),
-                data=option("--data", PPL_DATA if any(p["reads_data"] for p in PLAN) else None),
+                data=option("--data", PPL_DATA if READS_DATA else None),
                 factors=option("--factors", factors_file(VARIANT)),
                 run=q(RUN),
                 device=config["device"],

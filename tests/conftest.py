@@ -24,6 +24,26 @@ def tiny_llama(vocab_size: int = 96, context: int = 32, hidden: int = 64, layers
     return LlamaForCausalLM(cfg).eval()
 
 
+def write_token_files(prefix: Path, docs) -> None:
+    """A prepared split (as ``longctx.data.prepare_split`` writes it: BOS, tokens, EOS per document)
+    from token arrays; BOS is 1 and EOS 2."""
+    import numpy as np
+
+    from longctx.artifacts import write_json
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    stream, bounds, pos = [], [], 0
+    for d in docs:
+        stream += [1, *np.asarray(d).tolist(), 2]
+        bounds.append((pos + 1, pos + 1 + len(d)))
+        pos += len(d) + 2
+    np.asarray(stream, dtype=np.uint16).tofile(prefix.with_suffix(".bin"))
+    np.save(prefix.with_suffix(".idx.npy"), np.asarray(bounds, dtype=np.int64))
+    write_json(prefix.with_suffix(".json"), {"split": prefix.name, "dtype": "uint16", "documents": len(docs),
+                                             "tokens": int(sum(len(d) for d in docs)), "bos_token_id": 1,
+                                             "eos_token_id": 2, "document_ids": [f"doc{i}" for i in range(len(docs))]})
+
+
 @pytest.fixture
 def make_tiny_llama():
     return tiny_llama

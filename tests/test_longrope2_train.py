@@ -15,25 +15,10 @@ from longctx.data import TokenFile
 from longctx.rope import RopeGeometry, apply_to_model, cos_sin, switch_lengths, with_original_rope_below
 from longctx.train import LossModule, MixedSequences, TrainSettings, mixed, train
 
-from conftest import tiny_llama
+from conftest import tiny_llama, write_token_files
 
 L, S = 16, 4.0  # original context, scale: windows of 64 tokens
 LONG = [1.0, 1.2, 1.6, 2.2, 3.0, 4.0, 4.6, 5.0]
-
-
-def write_token_files(prefix, docs) -> None:
-    """A prepared split (as ``longctx.data.prepare_split`` writes it: BOS, tokens, EOS per document)."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    stream, bounds, pos = [], [], 0
-    for d in docs:
-        stream += [1, *np.asarray(d).tolist(), 2]
-        bounds.append((pos + 1, pos + 1 + len(d)))
-        pos += len(d) + 2
-    np.asarray(stream, dtype=np.uint16).tofile(prefix.with_suffix(".bin"))
-    np.save(prefix.with_suffix(".idx.npy"), np.asarray(bounds, dtype=np.int64))
-    write_json(prefix.with_suffix(".json"), {"split": prefix.name, "dtype": "uint16", "documents": len(docs),
-                                             "tokens": int(sum(len(d) for d in docs)), "bos_token_id": 1,
-                                             "eos_token_id": 2, "document_ids": [f"doc{i}" for i in range(len(docs))]})
 
 
 def corpus(tmp_path, name="train", seed=0):

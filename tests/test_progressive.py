@@ -15,6 +15,8 @@ from longctx.artifacts import read_json, write_json
 from longctx.search import final_record, recovery_task
 from longctx.rope import apply_to_model, geometry_of
 
+from conftest import write_token_files
+
 REPO = Path(__file__).resolve().parents[1]
 RUN = lc.RunInfo(experiment="t", model_source="pretrain", model="pretrain", original_context=16, seed=0)
 
@@ -30,21 +32,6 @@ def search_settings(**over):
               "n_hat_choices": [0, 1, 2, 4]})
     s.update(over)
     return s
-
-
-def write_token_files(prefix: Path, docs: list[np.ndarray]) -> None:
-    """A prepared split (as ``longctx.data.prepare_split`` writes it) from token arrays."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    stream, bounds, pos = [], [], 0
-    for d in docs:
-        stream += [1, *d.tolist(), 2]
-        bounds.append((pos + 1, pos + 1 + len(d)))
-        pos += len(d) + 2
-    np.asarray(stream, dtype=np.uint16).tofile(prefix.with_suffix(".bin"))
-    np.save(prefix.with_suffix(".idx.npy"), np.asarray(bounds, dtype=np.int64))
-    write_json(prefix.with_suffix(".json"), {"split": prefix.name, "dtype": "uint16", "documents": len(docs),
-                                             "tokens": int(sum(len(d) for d in docs)), "bos_token_id": 1,
-                                             "eos_token_id": 2, "document_ids": [f"doc{i}" for i in range(len(docs))]})
 
 
 @pytest.fixture(scope="module")
