@@ -172,3 +172,29 @@ def test_a_checkpoint_in_accelerates_pickled_format_is_set_aside_not_loaded(tmp_
     summary = train(tiny_llama(), data, settings(steps=4), tmp_path / "out", tmp_path / "w")
     assert summary["steps"] == 4 and not marker.exists()
     assert list((tmp_path / "w").glob("checkpoint.set-aside-*"))
+
+
+def test_finetune_length_trains_at_its_own_length_whatever_the_scale(tmp_path, austen_tokenizer):
+    """Giraffe trains every scale at 4096 tokens: ``finetune.length`` sets the training length; the
+    variant keeps its scale (its RoPE), so a x4 model of L = 16 trains at 24 tokens, not 64."""
+    import json
+
+    from conftest import write_token_files
+    from longctx import config as lc
+    from longctx import jobs
+    from longctx.data import load_tokenizer
+
+    tiny_llama(vocab_size=512, context=16).save_pretrained(tmp_path / "base")
+    load_tokenizer(austen_tokenizer).save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    write_token_files(tmp_path / "train", [rng.integers(3, 512, 200) for _ in range(4)])
+    cfg = lc.load_config("config.yaml")
+    ft = {**{k: v for k, v in cfg["finetune"].items() if k != "corpus"}, "steps": 1, "batch_size": 1,
+          "micro_batch_size": 1, "warmup_steps": 0, "log_every": 1, "length": 24}
+    run = lc.RunInfo(experiment="t", model_source="pretrain", model="pretrain", original_context=16, seed=0)
+    variant = lc.Variant("pi-x4-ft", "pi", 4.0, {}, finetune=True, search=False)
+    jobs.finetune(model=tmp_path / "base", data=tmp_path / "train", out=tmp_path / "ft", variant=variant,
+                  settings=ft, run=run, device="cpu", work_dir=tmp_path / "work")
+    assert json.loads((tmp_path / "work" / "summary.json").read_text())["settings"]["seq_len"] == 24
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["rope_parameters"]["factor"] == 4.0

@@ -135,10 +135,12 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
     # loaded on the CPU: the trainer's strategy places it (one GPU, DDP, FSDP shards, DeepSpeed)
     extended = extended_model(model, variant, factors, device="cpu",
                               mixed_context=mixed if mixed.get("enabled") else None)
-    target = variant.target_length(run.original_context)
+    # finetune.length: a training length of its own (Giraffe: 4096 at every scale); else the target length
+    target = settings.get("length") or variant.target_length(run.original_context)
     ts = TrainSettings.from_config(settings, seq_len=target, seed=run.seed)
     out = Path(out)
-    with tracking.job(run, "finetune", variant, target, Path(data).parent.name, **settings) as tracker:
+    logged = {k: v for k, v in settings.items() if k != "length"}  # the run's length is `target`
+    with tracking.job(run, "finetune", variant, target, Path(data).parent.name, **logged) as tracker:
         summary = train(extended, data, ts, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker,
                         device=pick_device(device).type, base_model_path=model,
                         short_data_prefix=short_data if mixed.get("enabled") else None)
