@@ -18,6 +18,8 @@
 #   rm wheels/pulp-*.whl                                 # 16 MB of solver binaries the greedy scheduler skips
 #
 # SNAKEMAKE_ARGS (environment): more Snakemake options, e.g. "--set-threads finetune=4 evaluate=1".
+# TARGETS (environment): what to build instead of `all`, as paths under the experiment's folder,
+#   e.g. TARGETS="eval/yarn-x4/perplexity-8192.json eval/base/ruler-32768.json" (a partial re-measure).
 #
 # Everything that must outlive one call lives under $STATE (default /root/smollm2-run): the
 # results folder, Snakemake's own .snakemake state and the installed wheels. Call it again with the
@@ -42,6 +44,11 @@ touch -h -r "$gguf" data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # Snakemake's record of finished and interrupted jobs survives the call with the results
 rm -rf .snakemake && ln -s "$state/snakemake" .snakemake
 
+targets=(all)
+if [ -n "${TARGETS:-}" ]; then
+    targets=()
+    for t in $TARGETS; do targets+=("$state/results/smollm2-135m/$t"); done
+fi
 started=$(date +%s)
 # the CPU stages and the evaluations overlap on the GPU (one GPU, 16 cores: two fine-tunes, or one and
 # four evaluations, or eight evaluations at a time); W&B is not installed on the GPU machine, so
@@ -51,7 +58,7 @@ set +e
 timeout --signal=INT --kill-after=60 "$seconds" \
     python -m snakemake --cores 16 --configfile config/smollm2.yaml \
     --config results_dir="$state/results" 'wandb={mode: disabled}' \
-    --rerun-incomplete --keep-going --printshellcmds --scheduler greedy ${SNAKEMAKE_ARGS:-} all > "$out/snakemake.log" 2>&1
+    --rerun-incomplete --keep-going --printshellcmds --scheduler greedy ${SNAKEMAKE_ARGS:-} "${targets[@]}" > "$out/snakemake.log" 2>&1
 rc=$?
 set -e
 echo "snakemake exit $rc after $(( $(date +%s) - started )) s" | tee -a "$out/snakemake.log"
