@@ -123,9 +123,9 @@ def test_static_methods_match_float64_formulas(g, s):
     np.testing.assert_allclose(freqs("none", s, {}, g), ref_theta(d, b), rtol=RTOL)
     np.testing.assert_allclose(freqs("pi", s, {}, g), ref_pi(d, b, s), rtol=RTOL)
     np.testing.assert_allclose(freqs("ntk", s, {}, g), ref_ntk(d, b, s), rtol=RTOL)
-    np.testing.assert_allclose(freqs("yarn", s, {}, g), ref_yarn_paper(d, b, L, s), rtol=RTOL)
+    np.testing.assert_allclose(freqs("yarn", s, {"ramp": "paper"}, g), ref_yarn_paper(d, b, L, s), rtol=RTOL)
     np.testing.assert_allclose(freqs("yarn", s, {"ramp": "code"}, g), ref_yarn_code(d, b, L, s), rtol=RTOL)
-    np.testing.assert_allclose(freqs("yarn", s, {"alpha": 2, "beta": 16}, g),
+    np.testing.assert_allclose(freqs("yarn", s, {"alpha": 2, "beta": 16, "ramp": "paper"}, g),
                                ref_yarn_paper(d, b, L, s, 2, 16), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.5}, g), ref_giraffe(d, b, s, 0.5), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_truncated", s, {}, g), ref_giraffe(d, b, s, cutoff=L), rtol=RTOL)
@@ -143,7 +143,8 @@ def test_dynamic_methods_follow_the_current_length(g):
     for length in [1, L // 2, L, L + 1, 2 * L, 3 * L + 7, 16 * L]:
         s = max(1.0, length / L)
         np.testing.assert_allclose(freqs("dynamic_ntk", 4, {}, g, length), ref_dynamic_ntk(d, b, L, length), rtol=RTOL)
-        np.testing.assert_allclose(freqs("dynamic_yarn", 4, {}, g, length), ref_yarn_paper(d, b, L, s), rtol=RTOL)
+        np.testing.assert_allclose(freqs("dynamic_yarn", 4, {"ramp": "paper"}, g, length), ref_yarn_paper(d, b, L, s),
+                                   rtol=RTOL)
         np.testing.assert_allclose(freqs("dynamic_yarn", 4, {"ramp": "code"}, g, length),
                                    ref_yarn_code(d, b, L, s), rtol=RTOL)
 
@@ -169,11 +170,11 @@ def _positions(n):
 @pytest.mark.parametrize("method,params,ref", [
     ("pi", {}, lambda g, s, n: (ref_pi(g.head_dim, g.base, s), 1.0)),
     ("ntk", {}, lambda g, s, n: (ref_ntk(g.head_dim, g.base, s), 1.0)),
-    ("yarn", {}, lambda g, s, n: (ref_yarn_paper(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
+    ("yarn", {"ramp": "paper"}, lambda g, s, n: (ref_yarn_paper(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
     ("yarn", {"ramp": "code"},
      lambda g, s, n: (ref_yarn_code(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
     ("dynamic_ntk", {}, lambda g, s, n: (ref_dynamic_ntk(g.head_dim, g.base, g.original_context, n), 1.0)),
-    ("dynamic_yarn", {}, lambda g, s, n: (
+    ("dynamic_yarn", {"ramp": "paper"}, lambda g, s, n: (
         ref_yarn_paper(g.head_dim, g.base, g.original_context, max(1, n / g.original_context)),
         ref_yarn_mscale(max(1, n / g.original_context)))),
     ("giraffe_power", {"power": 0.25}, lambda g, s, n: (ref_giraffe(g.head_dim, g.base, s, 0.25), 1.0)),
@@ -289,6 +290,30 @@ def test_builtin_types_are_used_where_exact():
                                rtol=RTOL)
 
 
+@pytest.mark.parametrize("g", [LLAMA, SMOL, SMALL], ids=["llama", "smollm2", "small"])
+def test_yarn_by_default_is_the_released_codes_ramp_which_is_transformers_yarn(g):
+    # every released YaRN model and LongRoPE's YaRN baseline run this ramp (jquesnelle/yarn)
+    for s in (2.0, 8.0):
+        rp = build_rope_parameters("yarn", s, {}, g)
+        assert rp["rope_type"] == "yarn" and (rp["beta_fast"], rp["beta_slow"]) == (32.0, 1.0)
+        hf, _ = _hf_freqs({"rope_type": "yarn", "factor": s, "original_max_position_embeddings": g.original_context,
+                           "beta_fast": 32.0, "beta_slow": 1.0, "rope_theta": g.base}, g)
+        np.testing.assert_allclose(inverse_frequencies(rp, g.head_dim).numpy(), hf.double().numpy(), rtol=RTOL)
+
+
+def test_yarn_betas_default_to_the_model_familys_and_an_explicit_value_wins():
+    mistral = RopeGeometry(128, 10000.0, 8192, model_type="mistral")
+    llama = RopeGeometry(128, 10000.0, 4096, model_type="llama")
+    rp = build_rope_parameters("yarn", 8, {}, mistral)  # jquesnelle/yarn's Mistral: beta_fast 128, beta_slow 2
+    assert (rp["beta_fast"], rp["beta_slow"]) == (128.0, 2.0)
+    rp = build_rope_parameters("yarn", 8, {}, llama)
+    assert (rp["beta_fast"], rp["beta_slow"]) == (32.0, 1.0)
+    rp = build_rope_parameters("yarn", 8, {"beta": 64}, mistral)
+    assert (rp["beta_fast"], rp["beta_slow"]) == (64.0, 2.0)
+    rp = build_rope_parameters("dynamic_yarn", 8, {"ramp": "paper"}, mistral)
+    assert (rp["alpha"], rp["beta"]) == (2.0, 128.0)
+
+
 def test_ntk_equals_dynamic_ntk_at_the_target_length():
     g = SMOL
     np.testing.assert_allclose(freqs("ntk", 4, {}, g), freqs("dynamic_ntk", 4, {}, g, 4 * g.original_context),
@@ -363,7 +388,7 @@ def test_property_static_methods(g, s):
     np.testing.assert_allclose(ntk, ref_ntk(d, b, s), rtol=RTOL)
     # NTK keeps the fastest pair and interpolates the slowest exactly by s
     assert math.isclose(ntk[0], 1.0) and math.isclose(ntk[-1], theta[-1] / s, rel_tol=RTOL)
-    yarn = freqs("yarn", s, {}, g)
+    yarn = freqs("yarn", s, {"ramp": "paper"}, g)
     np.testing.assert_allclose(yarn, ref_yarn_paper(d, b, L, s), rtol=RTOL)
     # transformers' `yarn` blends in float32 with weights 1 - ramp; where the ramp is near 1 that
     # subtraction cancels, and the error grows with s (the two blended frequencies differ by s)
@@ -389,7 +414,8 @@ def test_property_longrope_and_dynamic(g, s, data):
     length = data.draw(st.integers(1, 64 * L))
     np.testing.assert_allclose(freqs("dynamic_ntk", s, {}, g, length), ref_dynamic_ntk(d, b, L, length), rtol=RTOL)
     ds = max(1.0, length / L)
-    np.testing.assert_allclose(freqs("dynamic_yarn", s, {}, g, length), ref_yarn_paper(d, b, L, ds), rtol=RTOL)
+    np.testing.assert_allclose(freqs("dynamic_yarn", s, {"ramp": "paper"}, g, length), ref_yarn_paper(d, b, L, ds),
+                               rtol=RTOL)
     np.testing.assert_allclose(freqs("dynamic_yarn", s, {"ramp": "code"}, g, length), ref_yarn_code(d, b, L, ds),
                                rtol=RTOL)
 

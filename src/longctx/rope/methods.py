@@ -186,7 +186,7 @@ def _yarn_custom_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
     p = rope_parameters
     L = p["original_max_position_embeddings"]
     s = dynamic_scale(seq_len, L) if p.get("dynamic") else float(p["factor"])
-    inv_freq = YARN_RAMPS[p.get("ramp", "paper")](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
+    inv_freq = YARN_RAMPS[p["ramp"]](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
     return inv_freq, p.get("attention_factor") or yarn_mscale(s)
 
 
@@ -239,7 +239,20 @@ def _validate_yarn(s: float, p: dict, g: RopeGeometry) -> None:
         _number(p["attention_factor"], "yarn: attention_factor", 0.0, strict=True)
 
 
-YARN_DEFAULTS = {"alpha": 1.0, "beta": 32.0, "ramp": "paper", "attention_factor": None}
+# ramp: the released code's (jquesnelle/yarn, as every released YaRN model, transformers' `yarn` and
+# LongRoPE's YaRN baseline); `paper` is the paper's ramp in r_i. alpha/beta null: per model family
+# (YARN_FAMILY_BETAS)
+YARN_DEFAULTS = {"alpha": None, "beta": None, "ramp": "code", "attention_factor": None}
+# (alpha = beta_slow, beta = beta_fast): Llama 1 / 32 (the YaRN paper's values for the LLaMA family); Mistral 2 / 128
+# (jquesnelle/yarn scaled_rope/modeling_mistral_yarn.py, the code of the Yarn-Mistral models)
+YARN_FAMILY_BETAS = {"mistral": {"alpha": 2.0, "beta": 128.0}}
+YARN_LLAMA_BETAS = {"alpha": 1.0, "beta": 32.0}
+
+
+def yarn_betas(g: RopeGeometry) -> dict:
+    """YaRN's alpha and beta for the model family of ``g`` (Llama's for any family not listed)."""
+    return dict(YARN_FAMILY_BETAS.get(g.model_type, YARN_LLAMA_BETAS))
+
 
 register_method(
     RopeMethod(
@@ -247,6 +260,7 @@ register_method(
         build=_build_yarn,
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
+        geometry_defaults=yarn_betas,
         description="YaRN (Peng et al. 2023): NTK-by-parts ramp + attention temperature (ramp: paper | code)",
     )
 )
@@ -257,6 +271,7 @@ register_method(
         build=lambda s, p, g: _build_yarn(s, p, g, dynamic=True),
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
+        geometry_defaults=yarn_betas,
         description="dynamic YaRN: YaRN with s = max(1, len/L) per forward (and its mscale); scale only sets the target length",
     )
 )
