@@ -82,6 +82,11 @@ def ref_longrope_mscale(s, L):
     return 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(L))
 
 
+def ref_longrope_scales(mscale, n_hat, positions):
+    """cos/sin scale per position: the first n_hat keep the original RoPE, unscaled (microsoft/LongRoPE)."""
+    return np.where(np.asarray(positions)[:, None] < n_hat, 1.0, mscale)
+
+
 def ref_giraffe(d, b, s, power=0.0, cutoff=None, a_div=8.0, rho_div=16.0):
     f = ref_theta(d, b) / s * (1 - 2 * np.arange(d // 2) / d) ** power
     if cutoff:
@@ -194,7 +199,7 @@ def test_cos_sin_tables_match_formula(method, params, ref, n):
 
 
 @pytest.mark.parametrize("n_hat", [0, 1, 5, 16])
-def test_longrope_tables_keep_first_n_hat_positions_and_scale_by_mscale(n_hat):
+def test_longrope_tables_keep_the_original_rope_unscaled_at_the_first_n_hat_positions(n_hat):
     g, s = SMALL, 4.0
     lambdas = np.linspace(1.0, 5.0, g.n_pairs)
     rp = build_rope_parameters("longrope", s, {"factors": lambdas.tolist(), "n_hat": n_hat}, g)
@@ -202,9 +207,14 @@ def test_longrope_tables_keep_first_n_hat_positions_and_scale_by_mscale(n_hat):
     positions = np.arange(0, 200)
     cos, sin = cos_sin(rp, g.head_dim, torch.from_numpy(positions)[None])
     angles = ref_longrope_angles(g.head_dim, g.base, lambdas, n_hat, positions)
-    ref_cos, ref_sin = ref_cos_sin(angles, ref_longrope_mscale(s, g.original_context))
+    mscale = ref_longrope_mscale(s, g.original_context)
+    ref_cos, ref_sin = ref_cos_sin(angles, ref_longrope_scales(mscale, n_hat, positions))
     assert_table_close(cos[0], ref_cos, angles)
     assert_table_close(sin[0], ref_sin, angles)
+    # the first n_hat rows are unchanged RoPE's exactly; the rest are scaled (mscale != 1 at s = 4)
+    plain_cos, _ = cos_sin({"rope_type": "default", "rope_theta": g.base}, g.head_dim, torch.arange(200)[None])
+    assert torch.equal(cos[0, :n_hat], plain_cos[0, :n_hat])
+    assert cos[0, n_hat:].abs().max() > 1.01  # mscale at s = 4, L = 64 is 1.16
 
 
 def test_longrope_short_and_long_sets_are_picked_by_length():
@@ -218,7 +228,7 @@ def test_longrope_short_and_long_sets_are_picked_by_length():
             positions = np.arange(n)
             cos, _ = cos_sin(rp, g.head_dim, torch.from_numpy(positions)[None])
             angles = ref_longrope_angles(g.head_dim, g.base, lambdas, n_hat, positions)
-            assert_table_close(cos[0], ref_cos_sin(angles, mscale)[0], angles)
+            assert_table_close(cos[0], ref_cos_sin(angles, ref_longrope_scales(mscale, n_hat, positions))[0], angles)
 
 
 def test_longrope_length_buckets():

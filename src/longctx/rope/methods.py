@@ -457,16 +457,21 @@ def longrope_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
 
 
 def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
-    """theta_i / lambda_i, except the first n_hat positions, which keep the original theta_i."""
+    """theta_i / lambda_i times mscale, except the first n_hat positions, which keep the original RoPE:
+    theta_i and cos/sin unscaled (microsoft/LongRoPE
+    rope/LlamaLongRoPEScaledStartTokenRotaryEmbedding.py copies the original cos/sin there). The
+    scale is then one per position, [..., T, 1]."""
     seq_len = int(position_ids.max()) + 1
     fs = _factor_set_for(rope_parameters, seq_len)
     device = position_ids.device
     pos = position_ids[..., None].float()
     scaled = pos * _longrope_freqs(rope_parameters, fs["factors"], head_dim, device)
+    mscale = _set_mscale(rope_parameters, fs)
     if fs["n_hat"] > 0:
-        scaled = torch.where(pos < fs["n_hat"], pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device),
-                             scaled)
-    return scaled, _set_mscale(rope_parameters, fs)
+        start = pos < fs["n_hat"]
+        scaled = torch.where(start, pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device), scaled)
+        mscale = torch.where(start, torch.ones((), device=device), torch.full((), float(mscale), device=device))
+    return scaled, mscale
 
 
 def _longrope_stale(rope_parameters: dict, cached_len: int, new_len: int) -> bool:

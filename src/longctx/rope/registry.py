@@ -88,7 +88,8 @@ class CustomRopeType:
     ``inv_freq(rope_parameters, head_dim, seq_len) -> (inv_freq [d/2] float32, cos/sin scale)`` gives
     the frequencies in use for a sequence of ``seq_len`` tokens. ``angles`` (optional) overrides the
     plain ``position * inv_freq`` product, for methods where a position's rotation depends on the
-    position itself (LongRoPE's first ``n_hat`` tokens).
+    position itself (LongRoPE's first ``n_hat`` tokens); its cos/sin scale is a number or a tensor
+    [..., T, 1] of one per position (LongRoPE's first ``n_hat`` tokens are not scaled).
 
     ``cache_stale(rope_parameters, cached_len, new_len)`` says whether keys cached while the
     sequence had ``cached_len`` tokens are rotated differently once it has ``new_len``: true at a
