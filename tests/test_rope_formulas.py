@@ -311,13 +311,19 @@ def test_yarn_by_default_is_the_released_codes_ramp_which_is_transformers_yarn(g
         np.testing.assert_allclose(inverse_frequencies(rp, g.head_dim).numpy(), hf.double().numpy(), rtol=RTOL)
 
 
-def test_yarn_betas_default_to_the_model_familys_and_an_explicit_value_wins():
+def test_yarn_betas_and_mscale_default_to_the_model_familys_and_an_explicit_value_wins():
     mistral = RopeGeometry(128, 10000.0, 8192, model_type="mistral")
     llama = RopeGeometry(128, 10000.0, 4096, model_type="llama")
-    rp = build_rope_parameters("yarn", 8, {}, mistral)  # jquesnelle/yarn's Mistral: beta_fast 128, beta_slow 2
+    # jquesnelle/yarn's Mistral: beta_fast 128, beta_slow 2, cos/sin times 0.07 ln s + 1
+    rp = build_rope_parameters("yarn", 8, {}, mistral)
     assert (rp["beta_fast"], rp["beta_slow"]) == (128.0, 2.0)
+    assert math.isclose(_hf_freqs(rp, mistral)[1], 0.07 * math.log(8) + 1, rel_tol=1e-12)
     rp = build_rope_parameters("yarn", 8, {}, llama)
     assert (rp["beta_fast"], rp["beta_slow"]) == (32.0, 1.0)
+    assert math.isclose(_hf_freqs(rp, llama)[1], 0.1 * math.log(8) + 1, rel_tol=1e-12)
+    # dynamic YaRN (our type) at 4 L: s = 4; cos^2 + sin^2 is the scale squared
+    cos, sin = cos_sin(build_rope_parameters("dynamic_yarn", 8, {}, mistral), 128, torch.tensor([[4 * 8192 - 1]]))
+    np.testing.assert_allclose((cos**2 + sin**2).sqrt().numpy(), 0.07 * math.log(4) + 1, rtol=1e-6)
     rp = build_rope_parameters("yarn", 8, {"beta": 64}, mistral)
     assert (rp["beta_fast"], rp["beta_slow"]) == (64.0, 2.0)
     rp = build_rope_parameters("dynamic_yarn", 8, {"ramp": "paper"}, mistral)

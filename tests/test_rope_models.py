@@ -329,4 +329,4 @@ def test_yarn_on_a_mistral_records_its_familys_betas_resolved(tmp_path):
     assert model.config.rope_parameters["beta_fast"] == 128.0 and model.config.rope_parameters["beta_slow"] == 2.0
     model.save_pretrained(tmp_path)
     saved = rope_spec_of(type(model.config).from_pretrained(tmp_path))["params"]
-    assert (saved["alpha"], saved["beta"], saved["ramp"]) == (2.0, 128.0, "code")
+    assert (saved["alpha"], saved["beta"], saved["ramp"], saved["mscale_coefficient"]) == (2.0, 128.0, "code", 0.07)

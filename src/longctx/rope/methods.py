@@ -144,9 +144,9 @@ register_method(
 # --- YaRN ---------------------------------------------------------------------------------------
 
 
-def yarn_mscale(scale: float) -> float:
-    """sqrt(1/t) = 0.1 ln s + 1: the factor on cos and sin (so logits scale by its square)."""
-    return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
+def yarn_mscale(scale: float, coefficient: float) -> float:
+    """sqrt(1/t) = c ln s + 1 (the paper: c = 0.1): the factor on cos and sin (so logits scale by its square)."""
+    return 1.0 if scale <= 1 else coefficient * math.log(scale) + 1.0
 
 
 def yarn_paper_inv_freq(base: float, head_dim: int, s: float, L: int, alpha: float, beta: float) -> torch.Tensor:
@@ -187,7 +187,8 @@ def _yarn_custom_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
     L = p["original_max_position_embeddings"]
     s = dynamic_scale(seq_len, L) if p.get("dynamic") else float(p["factor"])
     inv_freq = YARN_RAMPS[p["ramp"]](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
-    return inv_freq, p.get("attention_factor") or yarn_mscale(s)
+    # checkpoints saved before the coefficient was a parameter used the paper's 0.1
+    return inv_freq, p.get("attention_factor") or yarn_mscale(s, p.get("mscale_coefficient", 0.1))
 
 
 # static YaRN with the paper's ramp; dynamic YaRN (either ramp) recomputes s = max(1, len/L)
@@ -210,6 +211,8 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry, dynamic: bool = False) -> di
             "beta_slow": float(p["alpha"]),
             "truncate": True,
         }
+        if p["attention_factor"] is None:  # transformers' own default is the paper's 0.1 ln s + 1
+            out["attention_factor"] = yarn_mscale(s, float(p["mscale_coefficient"]))
     else:
         out = {
             "rope_type": "longctx_dynamic_yarn" if dynamic else "longctx_yarn",
@@ -217,6 +220,7 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry, dynamic: bool = False) -> di
             "alpha": float(p["alpha"]),
             "beta": float(p["beta"]),
             "ramp": p["ramp"],
+            "mscale_coefficient": float(p["mscale_coefficient"]),
         }
         if dynamic:
             out["dynamic"] = True
@@ -237,21 +241,26 @@ def _validate_yarn(s: float, p: dict, g: RopeGeometry) -> None:
         raise RopeMethodError(f"yarn: beta ({beta}) must be greater than alpha ({alpha})")
     if p["attention_factor"] is not None:
         _number(p["attention_factor"], "yarn: attention_factor", 0.0, strict=True)
+    _number(p["mscale_coefficient"], "yarn: mscale_coefficient", 0.0)
 
 
 # ramp: the released code's (jquesnelle/yarn, as every released YaRN model, transformers' `yarn` and
 # LongRoPE's YaRN baseline); `paper` is the paper's ramp in r_i. alpha/beta null: per model family
 # (YARN_FAMILY_BETAS)
-YARN_DEFAULTS = {"alpha": None, "beta": None, "ramp": "code", "attention_factor": None}
-# (alpha = beta_slow, beta = beta_fast): Llama 1 / 32 (the YaRN paper's values for the LLaMA family); Mistral 2 / 128
-# (jquesnelle/yarn scaled_rope/modeling_mistral_yarn.py, the code of the Yarn-Mistral models)
-YARN_FAMILY_BETAS = {"mistral": {"alpha": 2.0, "beta": 128.0}}
-YARN_LLAMA_BETAS = {"alpha": 1.0, "beta": 32.0}
+# (alpha, beta, mscale_coefficient) null: per model family (YARN_FAMILY_DEFAULTS); attention_factor
+# null: mscale_coefficient * ln s + 1
+YARN_DEFAULTS = {"alpha": None, "beta": None, "ramp": "code", "attention_factor": None, "mscale_coefficient": None}
+# alpha = beta_slow, beta = beta_fast, cos/sin scale c ln s + 1. Llama: 1 / 32 / 0.1 (the YaRN
+# paper's values for the LLaMA family). Mistral: 2 / 128 / 0.07 (jquesnelle/yarn
+# scaled_rope/modeling_mistral_yarn.py, the code of the Yarn-Mistral models, and LongRoPE's Mistral
+# YaRN baseline, microsoft/LongRoPE rope/MistralYaRNScaledRotaryEmbedding.py)
+YARN_FAMILY_DEFAULTS = {"mistral": {"alpha": 2.0, "beta": 128.0, "mscale_coefficient": 0.07}}
+YARN_LLAMA_DEFAULTS = {"alpha": 1.0, "beta": 32.0, "mscale_coefficient": 0.1}
 
 
-def yarn_betas(g: RopeGeometry) -> dict:
-    """YaRN's alpha and beta for the model family of ``g`` (Llama's for any family not listed)."""
-    return dict(YARN_FAMILY_BETAS.get(g.model_type, YARN_LLAMA_BETAS))
+def yarn_family_defaults(g: RopeGeometry) -> dict:
+    """YaRN's alpha, beta and mscale coefficient for the model family of ``g`` (Llama's for any other)."""
+    return dict(YARN_FAMILY_DEFAULTS.get(g.model_type, YARN_LLAMA_DEFAULTS))
 
 
 register_method(
@@ -260,7 +269,7 @@ register_method(
         build=_build_yarn,
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
-        geometry_defaults=yarn_betas,
+        geometry_defaults=yarn_family_defaults,
         description="YaRN (Peng et al. 2023): NTK-by-parts ramp + attention temperature (ramp: paper | code)",
     )
 )
@@ -271,7 +280,7 @@ register_method(
         build=lambda s, p, g: _build_yarn(s, p, g, dynamic=True),
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
-        geometry_defaults=yarn_betas,
+        geometry_defaults=yarn_family_defaults,
         description="dynamic YaRN: YaRN with s = max(1, len/L) per forward (and its mscale); scale only sets the target length",
     )
 )
