@@ -93,3 +93,10 @@ def test_the_fine_tuned_folder_records_the_window_it_trained_with(tmp_path, aust
     jobs.finetune(model=base, data=tmp_path / "train", out=tmp_path / "ft", variant=variant, settings=ft,
                   run=lc.RunInfo(**RUN), device="cpu", work_dir=tmp_path / "work")
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["sliding_window"] == 40
+
+
+def test_an_evaluation_job_widens_to_its_longest_prompt_plus_what_it_generates():
+    plan = [{"evaluation": "perplexity", "lengths": [32, 64], "settings": {}},
+            {"evaluation": "passkey", "lengths": [48], "settings": {"max_new_tokens": 10}},
+            {"evaluation": "ruler", "lengths": [64], "settings": {"max_new_tokens": {"niah": 20, "vt": 5}}}]
+    assert jobs._longest_sequence(plan) == 64 + 20

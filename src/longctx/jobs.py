@@ -327,9 +327,8 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
         if item.get("reads_data") and data is None:
             raise EvaluationError(f"evaluate {item['evaluation']}: it reads token files, but no --data was given")
     # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
-    longest = max(int(n) for item in plan for n in item["lengths"])
     loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune,
-                            length=longest, sliding_window=run.sliding_window)
+                            length=_longest_sequence(plan), sliding_window=run.sliding_window)
     tok = load_tokenizer(model)
     model_digest = provenance.model_digest(loaded)
     data_digest = provenance.token_file_digest(data) if data is not None else None
@@ -345,6 +344,16 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
                 continue
             write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, item_data),
                              "fingerprint": fingerprint})
+
+
+def _longest_sequence(plan: list) -> int:
+    """The most tokens a sequence of this plan holds: its longest length plus the most tokens any of its
+    evaluations generates after a prompt of that length (RULER fits its answer within the length)."""
+    budgets = [0]
+    for item in plan:
+        budget = item["settings"].get("max_new_tokens")
+        budgets += list(budget.values()) if isinstance(budget, dict) else [budget] if isinstance(budget, int) else []
+    return max(int(n) for item in plan for n in item["lengths"]) + max(budgets)
 
 
 def _kept(out: Path, fingerprint: str) -> bool:
