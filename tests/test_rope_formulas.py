@@ -82,6 +82,11 @@ def ref_longrope_mscale(s, L):
     return 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(L))
 
 
+def ref_longrope_scales(mscale, n_hat, positions):
+    """cos/sin scale per position: the first n_hat keep the original RoPE, unscaled (microsoft/LongRoPE)."""
+    return np.where(np.asarray(positions)[:, None] < n_hat, 1.0, mscale)
+
+
 def ref_giraffe(d, b, s, power=0.0, cutoff=None, a_div=8.0, rho_div=16.0):
     f = ref_theta(d, b) / s * (1 - 2 * np.arange(d // 2) / d) ** power
     if cutoff:
@@ -123,9 +128,9 @@ def test_static_methods_match_float64_formulas(g, s):
     np.testing.assert_allclose(freqs("none", s, {}, g), ref_theta(d, b), rtol=RTOL)
     np.testing.assert_allclose(freqs("pi", s, {}, g), ref_pi(d, b, s), rtol=RTOL)
     np.testing.assert_allclose(freqs("ntk", s, {}, g), ref_ntk(d, b, s), rtol=RTOL)
-    np.testing.assert_allclose(freqs("yarn", s, {}, g), ref_yarn_paper(d, b, L, s), rtol=RTOL)
+    np.testing.assert_allclose(freqs("yarn", s, {"ramp": "paper"}, g), ref_yarn_paper(d, b, L, s), rtol=RTOL)
     np.testing.assert_allclose(freqs("yarn", s, {"ramp": "code"}, g), ref_yarn_code(d, b, L, s), rtol=RTOL)
-    np.testing.assert_allclose(freqs("yarn", s, {"alpha": 2, "beta": 16}, g),
+    np.testing.assert_allclose(freqs("yarn", s, {"alpha": 2, "beta": 16, "ramp": "paper"}, g),
                                ref_yarn_paper(d, b, L, s, 2, 16), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.5}, g), ref_giraffe(d, b, s, 0.5), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_truncated", s, {}, g), ref_giraffe(d, b, s, cutoff=L), rtol=RTOL)
@@ -143,7 +148,8 @@ def test_dynamic_methods_follow_the_current_length(g):
     for length in [1, L // 2, L, L + 1, 2 * L, 3 * L + 7, 16 * L]:
         s = max(1.0, length / L)
         np.testing.assert_allclose(freqs("dynamic_ntk", 4, {}, g, length), ref_dynamic_ntk(d, b, L, length), rtol=RTOL)
-        np.testing.assert_allclose(freqs("dynamic_yarn", 4, {}, g, length), ref_yarn_paper(d, b, L, s), rtol=RTOL)
+        np.testing.assert_allclose(freqs("dynamic_yarn", 4, {"ramp": "paper"}, g, length), ref_yarn_paper(d, b, L, s),
+                                   rtol=RTOL)
         np.testing.assert_allclose(freqs("dynamic_yarn", 4, {"ramp": "code"}, g, length),
                                    ref_yarn_code(d, b, L, s), rtol=RTOL)
 
@@ -169,11 +175,11 @@ def _positions(n):
 @pytest.mark.parametrize("method,params,ref", [
     ("pi", {}, lambda g, s, n: (ref_pi(g.head_dim, g.base, s), 1.0)),
     ("ntk", {}, lambda g, s, n: (ref_ntk(g.head_dim, g.base, s), 1.0)),
-    ("yarn", {}, lambda g, s, n: (ref_yarn_paper(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
+    ("yarn", {"ramp": "paper"}, lambda g, s, n: (ref_yarn_paper(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
     ("yarn", {"ramp": "code"},
      lambda g, s, n: (ref_yarn_code(g.head_dim, g.base, g.original_context, s), ref_yarn_mscale(s))),
     ("dynamic_ntk", {}, lambda g, s, n: (ref_dynamic_ntk(g.head_dim, g.base, g.original_context, n), 1.0)),
-    ("dynamic_yarn", {}, lambda g, s, n: (
+    ("dynamic_yarn", {"ramp": "paper"}, lambda g, s, n: (
         ref_yarn_paper(g.head_dim, g.base, g.original_context, max(1, n / g.original_context)),
         ref_yarn_mscale(max(1, n / g.original_context)))),
     ("giraffe_power", {"power": 0.25}, lambda g, s, n: (ref_giraffe(g.head_dim, g.base, s, 0.25), 1.0)),
@@ -193,7 +199,7 @@ def test_cos_sin_tables_match_formula(method, params, ref, n):
 
 
 @pytest.mark.parametrize("n_hat", [0, 1, 5, 16])
-def test_longrope_tables_keep_first_n_hat_positions_and_scale_by_mscale(n_hat):
+def test_longrope_tables_keep_the_original_rope_unscaled_at_the_first_n_hat_positions(n_hat):
     g, s = SMALL, 4.0
     lambdas = np.linspace(1.0, 5.0, g.n_pairs)
     rp = build_rope_parameters("longrope", s, {"factors": lambdas.tolist(), "n_hat": n_hat}, g)
@@ -201,9 +207,14 @@ def test_longrope_tables_keep_first_n_hat_positions_and_scale_by_mscale(n_hat):
     positions = np.arange(0, 200)
     cos, sin = cos_sin(rp, g.head_dim, torch.from_numpy(positions)[None])
     angles = ref_longrope_angles(g.head_dim, g.base, lambdas, n_hat, positions)
-    ref_cos, ref_sin = ref_cos_sin(angles, ref_longrope_mscale(s, g.original_context))
+    mscale = ref_longrope_mscale(s, g.original_context)
+    ref_cos, ref_sin = ref_cos_sin(angles, ref_longrope_scales(mscale, n_hat, positions))
     assert_table_close(cos[0], ref_cos, angles)
     assert_table_close(sin[0], ref_sin, angles)
+    # the first n_hat rows are unchanged RoPE's exactly; the rest are scaled (mscale != 1 at s = 4)
+    plain_cos, _ = cos_sin({"rope_type": "default", "rope_theta": g.base}, g.head_dim, torch.arange(200)[None])
+    assert torch.equal(cos[0, :n_hat], plain_cos[0, :n_hat])
+    assert cos[0, n_hat:].abs().max() > 1.01  # mscale at s = 4, L = 64 is 1.16
 
 
 def test_longrope_short_and_long_sets_are_picked_by_length():
@@ -217,7 +228,7 @@ def test_longrope_short_and_long_sets_are_picked_by_length():
             positions = np.arange(n)
             cos, _ = cos_sin(rp, g.head_dim, torch.from_numpy(positions)[None])
             angles = ref_longrope_angles(g.head_dim, g.base, lambdas, n_hat, positions)
-            assert_table_close(cos[0], ref_cos_sin(angles, mscale)[0], angles)
+            assert_table_close(cos[0], ref_cos_sin(angles, ref_longrope_scales(mscale, n_hat, positions))[0], angles)
 
 
 def test_longrope_length_buckets():
@@ -287,6 +298,36 @@ def test_builtin_types_are_used_where_exact():
     assert rp["rope_type"] == "longctx_dynamic_ntk" and rp["original_max_position_embeddings"] == 8192
     np.testing.assert_allclose(inverse_frequencies(rp, 64, 16384).numpy(), ref_dynamic_ntk(64, 1e5, 8192, 16384),
                                rtol=RTOL)
+
+
+@pytest.mark.parametrize("g", [LLAMA, SMOL, SMALL], ids=["llama", "smollm2", "small"])
+def test_yarn_by_default_is_the_released_codes_ramp_which_is_transformers_yarn(g):
+    # every released YaRN model and LongRoPE's YaRN baseline run this ramp (jquesnelle/yarn)
+    for s in (2.0, 8.0):
+        rp = build_rope_parameters("yarn", s, {}, g)
+        assert rp["rope_type"] == "yarn" and (rp["beta_fast"], rp["beta_slow"]) == (32.0, 1.0)
+        hf, _ = _hf_freqs({"rope_type": "yarn", "factor": s, "original_max_position_embeddings": g.original_context,
+                           "beta_fast": 32.0, "beta_slow": 1.0, "rope_theta": g.base}, g)
+        np.testing.assert_allclose(inverse_frequencies(rp, g.head_dim).numpy(), hf.double().numpy(), rtol=RTOL)
+
+
+def test_yarn_betas_and_mscale_default_to_the_model_familys_and_an_explicit_value_wins():
+    mistral = RopeGeometry(128, 10000.0, 8192, model_type="mistral")
+    llama = RopeGeometry(128, 10000.0, 4096, model_type="llama")
+    # jquesnelle/yarn's Mistral: beta_fast 128, beta_slow 2, cos/sin times 0.07 ln s + 1
+    rp = build_rope_parameters("yarn", 8, {}, mistral)
+    assert (rp["beta_fast"], rp["beta_slow"]) == (128.0, 2.0)
+    assert math.isclose(_hf_freqs(rp, mistral)[1], 0.07 * math.log(8) + 1, rel_tol=1e-12)
+    rp = build_rope_parameters("yarn", 8, {}, llama)
+    assert (rp["beta_fast"], rp["beta_slow"]) == (32.0, 1.0)
+    assert math.isclose(_hf_freqs(rp, llama)[1], 0.1 * math.log(8) + 1, rel_tol=1e-12)
+    # dynamic YaRN (our type) at 4 L: s = 4; cos^2 + sin^2 is the scale squared
+    cos, sin = cos_sin(build_rope_parameters("dynamic_yarn", 8, {}, mistral), 128, torch.tensor([[4 * 8192 - 1]]))
+    np.testing.assert_allclose((cos**2 + sin**2).sqrt().numpy(), 0.07 * math.log(4) + 1, rtol=1e-6)
+    rp = build_rope_parameters("yarn", 8, {"beta": 64}, mistral)
+    assert (rp["beta_fast"], rp["beta_slow"]) == (64.0, 2.0)
+    rp = build_rope_parameters("dynamic_yarn", 8, {"ramp": "paper"}, mistral)
+    assert (rp["alpha"], rp["beta"]) == (2.0, 128.0)
 
 
 def test_ntk_equals_dynamic_ntk_at_the_target_length():
@@ -363,7 +404,7 @@ def test_property_static_methods(g, s):
     np.testing.assert_allclose(ntk, ref_ntk(d, b, s), rtol=RTOL)
     # NTK keeps the fastest pair and interpolates the slowest exactly by s
     assert math.isclose(ntk[0], 1.0) and math.isclose(ntk[-1], theta[-1] / s, rel_tol=RTOL)
-    yarn = freqs("yarn", s, {}, g)
+    yarn = freqs("yarn", s, {"ramp": "paper"}, g)
     np.testing.assert_allclose(yarn, ref_yarn_paper(d, b, L, s), rtol=RTOL)
     # transformers' `yarn` blends in float32 with weights 1 - ramp; where the ramp is near 1 that
     # subtraction cancels, and the error grows with s (the two blended frequencies differ by s)
@@ -389,7 +430,8 @@ def test_property_longrope_and_dynamic(g, s, data):
     length = data.draw(st.integers(1, 64 * L))
     np.testing.assert_allclose(freqs("dynamic_ntk", s, {}, g, length), ref_dynamic_ntk(d, b, L, length), rtol=RTOL)
     ds = max(1.0, length / L)
-    np.testing.assert_allclose(freqs("dynamic_yarn", s, {}, g, length), ref_yarn_paper(d, b, L, ds), rtol=RTOL)
+    np.testing.assert_allclose(freqs("dynamic_yarn", s, {"ramp": "paper"}, g, length), ref_yarn_paper(d, b, L, ds),
+                               rtol=RTOL)
     np.testing.assert_allclose(freqs("dynamic_yarn", s, {"ramp": "code"}, g, length), ref_yarn_code(d, b, L, ds),
                                rtol=RTOL)
 

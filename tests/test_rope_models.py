@@ -34,7 +34,7 @@ CASES = [
     ("ntk", 4.0, {}),
     ("dynamic_ntk", 4.0, {}),
     ("yarn", 4.0, {}),
-    ("yarn", 4.0, {"ramp": "code"}),
+    ("yarn", 4.0, {"ramp": "paper"}),
     ("dynamic_yarn", 4.0, {}),
     ("dynamic_yarn", 4.0, {"ramp": "code", "attention_factor": 1.2}),
     ("giraffe_power", 4.0, {"power": 0.5}),
@@ -239,7 +239,7 @@ GENERATION_CASES = [
     ("longrope", {"factors": [8.0] * PAIRS, "short_factors": [1.0] * PAIRS}, L - 4, True),  # built-in `longrope`
     ("longrope", {"factors": RISING, "n_hat": 2, "short_factors": [1.0] * PAIRS, "short_n_hat": 0}, L - 4, True),
     ("dynamic_ntk", {}, L - 2, False),
-    ("dynamic_yarn", {}, L + 3, True),
+    ("dynamic_yarn", {"ramp": "paper"}, L + 3, True),  # tokens_differ found with this ramp
 ]
 
 
@@ -322,3 +322,11 @@ def test_randomized_positions_reach_the_model_causally():
     assert (unmasked - out).abs().max() > 1e-3
     # at inference it is PI at the same scale
     assert torch.equal(logits(model, ids), logits(apply_to_model(tiny(), "pi", 4.0), ids))
+
+
+def test_yarn_on_a_mistral_records_its_familys_betas_resolved(tmp_path):
+    model = apply_to_model(tiny("mistral"), "yarn", 4.0)
+    assert model.config.rope_parameters["beta_fast"] == 128.0 and model.config.rope_parameters["beta_slow"] == 2.0
+    model.save_pretrained(tmp_path)
+    saved = rope_spec_of(type(model.config).from_pretrained(tmp_path))["params"]
+    assert (saved["alpha"], saved["beta"], saved["ramp"], saved["mscale_coefficient"]) == (2.0, 128.0, "code", 0.07)

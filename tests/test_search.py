@@ -34,6 +34,16 @@ def test_seeds_are_pi_ntk_and_yarn():
     assert seeds["ntk"] == pytest.approx(ntk, rel=1e-5)
 
 
+@pytest.mark.parametrize("family,betas", [("llama", (1, 32)), ("mistral", (2, 128))])
+def test_the_yarn_seed_is_the_released_codes_yarn_with_the_model_familys_betas(family, betas):
+    from longctx.rope import build_rope_parameters, inverse_frequencies
+
+    g = RopeGeometry(head_dim=128, base=10000.0, original_context=4096, model_type=family)
+    released = build_rope_parameters("yarn", 8.0, {"ramp": "code", "alpha": betas[0], "beta": betas[1]}, g)
+    expected = (g.theta() / inverse_frequencies(released, g.head_dim)).tolist()
+    assert seed_factors(g, 8.0)["yarn"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_every_candidate_obeys_the_constraints_and_none_is_evaluated_twice(tmp_path):
     calls = []
     space = space_for(GEOMETRY, 4.0, SETTINGS)

@@ -138,6 +138,24 @@ def test_batched_candidates_score_as_the_model_does(model_and_windows):
     assert len({round(s.perplexity, 6) for s in a}) == 3  # the candidates do differ
 
 
+def test_a_candidates_tables_keep_the_original_rope_unscaled_before_n_hat_as_the_model_does(model_and_windows):
+    from longctx.rope import build_rope_parameters, cos_sin
+
+    model, windows = model_and_windows
+    geometry = geometry_of(model.config)
+    task = plain_task(geometry, 4.0, SETTINGS)
+    n_hat, factors = _gridded(task, task.seeds["yarn"], 4)
+    cos, sin = PerplexityFitness(model, windows, task).candidate_state(n_hat, factors)
+    positions = torch.arange(64)[None]
+    params = build_rope_parameters("longrope", 4.0, task.rope_params(n_hat, factors), geometry)
+    assert params["attention_factor"] > 1  # mscale at s = 4, L = 16
+    model_cos, model_sin = cos_sin(params, geometry.head_dim, positions)
+    assert torch.equal(cos, model_cos) and torch.equal(sin, model_sin)
+    plain_cos, plain_sin = cos_sin({"rope_type": "default", "rope_theta": geometry.base}, geometry.head_dim, positions)
+    assert torch.equal(cos[:, :4], plain_cos[:, :4]) and torch.equal(sin[:, :4], plain_sin[:, :4])
+    assert cos[0, 4:].abs().max() > 1.0  # scaled by mscale from n_hat on
+
+
 def test_a_candidate_is_abandoned_once_its_partial_loss_rules_it_out(model_and_windows):
     model, windows = model_and_windows
     task = plain_task(geometry_of(model.config), 4.0, SETTINGS)

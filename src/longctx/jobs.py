@@ -90,18 +90,24 @@ def _pretrain(pretrain: dict, seed: int, tok, train_data, out, work_dir, tracker
 
 
 def extended_model(model_dir, variant: Variant, factors_file=None, device="cpu", dtype=None,
-                   mixed_context: dict | None = None, as_saved: bool = False):
+                   mixed_context: dict | None = None, as_saved: bool = False, length: int | None = None,
+                   sliding_window="widen"):
     """Load a model folder and apply the variant's RoPE method (searched factors if given).
+
+    ``length``: the longest sequence the stage runs; a sliding attention window is set for it as
+    ``sliding_window`` (``model.sliding_window``) says (``longctx.models.widen_sliding_window``).
 
     ``mixed_context`` (the ``finetune.mixed_context`` settings, enabled): the RoPE is LongRoPE2's
     pair of factor sets, the original RoPE up to ``short_max_length`` tokens and the variant's beyond.
     ``as_saved``: the folder is the variant's own fine-tuned weights, which carry the RoPE they were
     trained with (and, after mixed context window training, its switch): it is used as saved.
     """
-    from longctx.models import load_model
+    from longctx.models import load_model, widen_sliding_window
     from longctx.rope import apply_to_model, geometry_of, rope_spec_of, with_original_rope_below
 
     model = load_model(model_dir, device=device, dtype=dtype)
+    if length is not None:
+        widen_sliding_window(model, length, sliding_window)
     if as_saved and rope_spec_of(model.config)["method"] == variant.method:
         return model
     params = dict(variant.params)
@@ -132,11 +138,12 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
     if variant.finetune_steps:  # a progressive chain's step sets its own number of steps
         settings = {**settings, "steps": variant.finetune_steps}
     mixed = settings.get("mixed_context") or {}
-    # loaded on the CPU: the trainer's strategy places it (one GPU, DDP, FSDP shards, DeepSpeed)
-    extended = extended_model(model, variant, factors, device="cpu",
-                              mixed_context=mixed if mixed.get("enabled") else None)
     # finetune.length: a training length of its own (Giraffe: 4096 at every scale); else the target length
     target = settings.get("length") or variant.target_length(run.original_context)
+    # loaded on the CPU: the trainer's strategy places it (one GPU, DDP, FSDP shards, DeepSpeed)
+    extended = extended_model(model, variant, factors, device="cpu",
+                              mixed_context=mixed if mixed.get("enabled") else None, length=target,
+                              sliding_window=run.sliding_window)
     ts = TrainSettings.from_config(settings, seq_len=target, seed=run.seed)
     out = Path(out)
     logged = {k: v for k, v in settings.items() if k != "length"}  # the run's length is `target`
@@ -180,17 +187,19 @@ def _search_windows(data_prefix, length: int, settings: dict, seed: int, model_d
     return rows.windows, ids, rows.answer_start, [{**r, "document": ids[r["document"]]} for r in rows.rows]
 
 
-def _search_model(model_dir, settings: dict, device: str, original_context: int):
-    from longctx.models import load_model, pick_device
+def _search_model(model_dir, settings: dict, device: str, run: RunInfo, length: int):
+    """The model a search scores candidates with, its sliding window set for ``length`` tokens."""
+    from longctx.models import load_model, pick_device, widen_sliding_window
     from longctx.rope import geometry_of
     from longctx.search import SearchError
 
     dev = pick_device(device)
     model = load_model(model_dir, device=dev, dtype=settings.get("dtype") or ("bfloat16" if dev.type == "cuda" else None))
     geometry = geometry_of(model.config)
-    if geometry.original_context != original_context:
+    if geometry.original_context != run.original_context:
         raise SearchError(f"{model_dir}: the model's original context is {geometry.original_context}, the config "
-                          f"says {original_context} (model.original_context)")
+                          f"says {run.original_context} (model.original_context)")
+    widen_sliding_window(model, length, run.sliding_window)
     return model, geometry
 
 
@@ -231,7 +240,7 @@ def search(*, model: Path, data: Path, out: Path, variant: Variant, settings: di
     target = variant.target_length(run.original_context)
     settings = settings_at(deep_merge(settings, variant.search_settings), target)
     windows, doc_ids, answer_start, needles = _search_windows(data, target, settings, run.seed, model)
-    loaded, geometry = _search_model(model, settings, device, run.original_context)
+    loaded, geometry = _search_model(model, settings, device, run, target)
     params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
     if base_factors:
         tuned = read_json(base_factors)
@@ -262,7 +271,7 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
     settings = deep_merge(settings, variant.search_settings)
     per_length = {n: settings_at(settings, n) for n in lengths}
     windows = {n: _search_windows(data, n, per_length[n], run.seed, model) for n in lengths}  # all checked first
-    loaded, geometry = _search_model(model, settings, device, run.original_context)
+    loaded, geometry = _search_model(model, settings, device, run, max(lengths))
     params = {k: v for k, v in variant.params.items() if k not in SEARCH_RESULT_PARAMS}
     log_dir = Path(log_dir or Path(out).parent)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +327,8 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
         if item.get("reads_data") and data is None:
             raise EvaluationError(f"evaluate {item['evaluation']}: it reads token files, but no --data was given")
     # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
-    loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune)
+    loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune,
+                            length=_longest_sequence(plan), sliding_window=run.sliding_window)
     tok = load_tokenizer(model)
     model_digest = provenance.model_digest(loaded)
     data_digest = provenance.token_file_digest(data) if data is not None else None
@@ -334,6 +344,16 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
                 continue
             write_json(out, {**_evaluate_one(evaluation, loaded, tok, variant, int(length), settings, run, item_data),
                              "fingerprint": fingerprint})
+
+
+def _longest_sequence(plan: list) -> int:
+    """The most tokens a sequence of this plan holds: its longest length plus the most tokens any of its
+    evaluations generates after a prompt of that length (RULER fits its answer within the length)."""
+    budgets = [0]
+    for item in plan:
+        budget = item["settings"].get("max_new_tokens")
+        budgets += list(budget.values()) if isinstance(budget, dict) else [budget] if isinstance(budget, int) else []
+    return max(int(n) for item in plan for n in item["lengths"]) + max(budgets)
 
 
 def _kept(out: Path, fingerprint: str) -> bool:

@@ -143,12 +143,14 @@ class RunInfo:
     model: str
     original_context: int
     seed: int
+    # model.sliding_window: how every stage sets a sliding attention window (longctx.models.widen_sliding_window)
+    sliding_window: str | int = "widen"
 
     @classmethod
     def of(cls, config: dict) -> "RunInfo":
         return cls(experiment=config["experiment"], model_source=config["model"]["source"],
                    model=config["model"]["name_or_path"] or "pretrain", original_context=original_context(config),
-                   seed=config["seed"])
+                   seed=config["seed"], sliding_window=config["model"]["sliding_window"])
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunInfo":

@@ -144,9 +144,9 @@ register_method(
 # --- YaRN ---------------------------------------------------------------------------------------
 
 
-def yarn_mscale(scale: float) -> float:
-    """sqrt(1/t) = 0.1 ln s + 1: the factor on cos and sin (so logits scale by its square)."""
-    return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
+def yarn_mscale(scale: float, coefficient: float) -> float:
+    """sqrt(1/t) = c ln s + 1 (the paper: c = 0.1): the factor on cos and sin (so logits scale by its square)."""
+    return 1.0 if scale <= 1 else coefficient * math.log(scale) + 1.0
 
 
 def yarn_paper_inv_freq(base: float, head_dim: int, s: float, L: int, alpha: float, beta: float) -> torch.Tensor:
@@ -186,8 +186,9 @@ def _yarn_custom_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
     p = rope_parameters
     L = p["original_max_position_embeddings"]
     s = dynamic_scale(seq_len, L) if p.get("dynamic") else float(p["factor"])
-    inv_freq = YARN_RAMPS[p.get("ramp", "paper")](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
-    return inv_freq, p.get("attention_factor") or yarn_mscale(s)
+    inv_freq = YARN_RAMPS[p["ramp"]](p["rope_theta"], head_dim, s, L, p["alpha"], p["beta"])
+    # checkpoints saved before the coefficient was a parameter used the paper's 0.1
+    return inv_freq, p.get("attention_factor") or yarn_mscale(s, p.get("mscale_coefficient", 0.1))
 
 
 # static YaRN with the paper's ramp; dynamic YaRN (either ramp) recomputes s = max(1, len/L)
@@ -210,6 +211,8 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry, dynamic: bool = False) -> di
             "beta_slow": float(p["alpha"]),
             "truncate": True,
         }
+        if p["attention_factor"] is None:  # transformers' own default is the paper's 0.1 ln s + 1
+            out["attention_factor"] = yarn_mscale(s, float(p["mscale_coefficient"]))
     else:
         out = {
             "rope_type": "longctx_dynamic_yarn" if dynamic else "longctx_yarn",
@@ -217,6 +220,7 @@ def _build_yarn(s: float, p: dict, g: RopeGeometry, dynamic: bool = False) -> di
             "alpha": float(p["alpha"]),
             "beta": float(p["beta"]),
             "ramp": p["ramp"],
+            "mscale_coefficient": float(p["mscale_coefficient"]),
         }
         if dynamic:
             out["dynamic"] = True
@@ -237,9 +241,27 @@ def _validate_yarn(s: float, p: dict, g: RopeGeometry) -> None:
         raise RopeMethodError(f"yarn: beta ({beta}) must be greater than alpha ({alpha})")
     if p["attention_factor"] is not None:
         _number(p["attention_factor"], "yarn: attention_factor", 0.0, strict=True)
+    _number(p["mscale_coefficient"], "yarn: mscale_coefficient", 0.0)
 
 
-YARN_DEFAULTS = {"alpha": 1.0, "beta": 32.0, "ramp": "paper", "attention_factor": None}
+# ramp: the released code's (jquesnelle/yarn, as every released YaRN model, transformers' `yarn` and
+# LongRoPE's YaRN baseline); `paper` is the paper's ramp in r_i. alpha/beta null: per model family
+# (YARN_FAMILY_BETAS)
+# (alpha, beta, mscale_coefficient) null: per model family (YARN_FAMILY_DEFAULTS); attention_factor
+# null: mscale_coefficient * ln s + 1
+YARN_DEFAULTS = {"alpha": None, "beta": None, "ramp": "code", "attention_factor": None, "mscale_coefficient": None}
+# alpha = beta_slow, beta = beta_fast, cos/sin scale c ln s + 1. Llama: 1 / 32 / 0.1 (the YaRN
+# paper's values for the LLaMA family). Mistral: 2 / 128 / 0.07 (jquesnelle/yarn
+# scaled_rope/modeling_mistral_yarn.py, the code of the Yarn-Mistral models, and LongRoPE's Mistral
+# YaRN baseline, microsoft/LongRoPE rope/MistralYaRNScaledRotaryEmbedding.py)
+YARN_FAMILY_DEFAULTS = {"mistral": {"alpha": 2.0, "beta": 128.0, "mscale_coefficient": 0.07}}
+YARN_LLAMA_DEFAULTS = {"alpha": 1.0, "beta": 32.0, "mscale_coefficient": 0.1}
+
+
+def yarn_family_defaults(g: RopeGeometry) -> dict:
+    """YaRN's alpha, beta and mscale coefficient for the model family of ``g`` (Llama's for any other)."""
+    return dict(YARN_FAMILY_DEFAULTS.get(g.model_type, YARN_LLAMA_DEFAULTS))
+
 
 register_method(
     RopeMethod(
@@ -247,6 +269,7 @@ register_method(
         build=_build_yarn,
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
+        geometry_defaults=yarn_family_defaults,
         description="YaRN (Peng et al. 2023): NTK-by-parts ramp + attention temperature (ramp: paper | code)",
     )
 )
@@ -257,6 +280,7 @@ register_method(
         build=lambda s, p, g: _build_yarn(s, p, g, dynamic=True),
         validate=_validate_yarn,
         defaults=dict(YARN_DEFAULTS),
+        geometry_defaults=yarn_family_defaults,
         description="dynamic YaRN: YaRN with s = max(1, len/L) per forward (and its mscale); scale only sets the target length",
     )
 )
@@ -442,16 +466,21 @@ def longrope_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
 
 
 def longrope_angles(rope_parameters: dict, head_dim: int, position_ids: torch.Tensor):
-    """theta_i / lambda_i, except the first n_hat positions, which keep the original theta_i."""
+    """theta_i / lambda_i times mscale, except the first n_hat positions, which keep the original RoPE:
+    theta_i and cos/sin unscaled (microsoft/LongRoPE
+    rope/LlamaLongRoPEScaledStartTokenRotaryEmbedding.py copies the original cos/sin there). The
+    scale is then one per position, [..., T, 1]."""
     seq_len = int(position_ids.max()) + 1
     fs = _factor_set_for(rope_parameters, seq_len)
     device = position_ids.device
     pos = position_ids[..., None].float()
     scaled = pos * _longrope_freqs(rope_parameters, fs["factors"], head_dim, device)
+    mscale = _set_mscale(rope_parameters, fs)
     if fs["n_hat"] > 0:
-        scaled = torch.where(pos < fs["n_hat"], pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device),
-                             scaled)
-    return scaled, _set_mscale(rope_parameters, fs)
+        start = pos < fs["n_hat"]
+        scaled = torch.where(start, pos * _theta32(rope_parameters["rope_theta"], head_dim).to(device), scaled)
+        mscale = torch.where(start, torch.ones((), device=device), torch.full((), float(mscale), device=device))
+    return scaled, mscale
 
 
 def _longrope_stale(rope_parameters: dict, cached_len: int, new_len: int) -> bool:

@@ -35,13 +35,15 @@ class RopeGeometry:
 
     ``max_position_embeddings`` is the value in the model's config when it differs from the
     original context; transformers' ``dynamic`` type reads its L from there, so it is only used
-    when the two agree.
+    when the two agree. ``model_type`` (the config's, e.g. ``llama``, ``mistral``) picks a
+    method's per-family defaults (YaRN's alpha and beta).
     """
 
     head_dim: int
     base: float
     original_context: int
     max_position_embeddings: int | None = None
+    model_type: str | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -74,6 +76,9 @@ class RopeMethod:
     # training only: ``positions(batch_size, seq_len, generator, device) -> [B, T] float position ids``
     # drawn afresh for every training batch (Giraffe's randomized positions); inference uses 0..T-1
     training_positions: Callable | None = None
+    # defaults that depend on the model: ``(geometry) -> {param: value}``, filling parameters whose
+    # default is None and that the variant left unset (YaRN's betas per model family)
+    geometry_defaults: Callable[[RopeGeometry], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class CustomRopeType:
     ``inv_freq(rope_parameters, head_dim, seq_len) -> (inv_freq [d/2] float32, cos/sin scale)`` gives
     the frequencies in use for a sequence of ``seq_len`` tokens. ``angles`` (optional) overrides the
     plain ``position * inv_freq`` product, for methods where a position's rotation depends on the
-    position itself (LongRoPE's first ``n_hat`` tokens).
+    position itself (LongRoPE's first ``n_hat`` tokens); its cos/sin scale is a number or a tensor
+    [..., T, 1] of one per position (LongRoPE's first ``n_hat`` tokens are not scaled).
 
     ``cache_stale(rope_parameters, cached_len, new_len)`` says whether keys cached while the
     sequence had ``cached_len`` tokens are rotated differently once it has ``new_len``: true at a
@@ -149,13 +155,24 @@ def resolve_params(name: str, params: dict | None) -> dict:
     return {**copy.deepcopy(method.defaults), **params}
 
 
+def resolve_for(name: str, params: dict | None, geometry: RopeGeometry) -> dict:
+    """``resolve_params``, then the defaults this model's geometry picks for parameters left unset."""
+    method = get_method(name)
+    full = resolve_params(name, params)
+    if method.geometry_defaults is not None:
+        for key, value in method.geometry_defaults(geometry).items():
+            if full.get(key) is None:
+                full[key] = value
+    return full
+
+
 def build_rope_parameters(name: str, scale: float, params: dict | None, geometry: RopeGeometry) -> dict:
     """The ``rope_parameters`` dict for method ``name`` at ``scale`` (validated)."""
     method = get_method(name)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
         raise RopeMethodError(f"RoPE method {name!r}: scale must be a number >= 1, got {scale!r}")
     geometry.check()
-    full = resolve_params(name, params)
+    full = resolve_for(name, params, geometry)
     if method.validate is not None:
         method.validate(float(scale), full, geometry)
     rope_parameters = method.build(float(scale), full, geometry)
@@ -172,7 +189,8 @@ def geometry_of(config) -> RopeGeometry:
     meta = getattr(config, "longctx_rope", None) or {}
     base = meta.get("base") or config.rope_parameters["rope_theta"]
     original = meta.get("original_context") or config.max_position_embeddings
-    return RopeGeometry(_head_dim(config), float(base), int(original), int(config.max_position_embeddings))
+    return RopeGeometry(_head_dim(config), float(base), int(original), int(config.max_position_embeddings),
+                        getattr(config, "model_type", None))
 
 
 def rope_spec_of(config) -> dict:
@@ -196,7 +214,7 @@ def apply_to_model(model, method: str, scale: float, params: dict | None = None)
     """
     config = model.config
     geometry = geometry_of(config)
-    full = resolve_params(method, params)
+    full = resolve_for(method, params, geometry)  # recorded as resolved (YaRN's betas of this family)
     rope_parameters = build_rope_parameters(method, scale, full, geometry)
     modules = _rotary_modules(model)
     if not modules:

@@ -115,7 +115,8 @@ def settings_at(settings: dict, length: int) -> dict:
 
 
 def seed_factors(geometry: RopeGeometry, scale: float) -> dict[str, list[float]]:
-    """lambda_i = theta_i / theta_i' of PI, NTK-aware and YaRN at this scale (the initial population)."""
+    """lambda_i = theta_i / theta_i' of PI, NTK-aware and YaRN at this scale (the initial population);
+    YaRN with its defaults for the geometry's model family (the released code's ramp and betas)."""
     theta = geometry.theta()
     out = {}
     for method in ("pi", "ntk", "yarn"):

@@ -97,7 +97,8 @@ def secondary_task(geometry: RopeGeometry, scale: float, finetuned_scale: float,
     relative = scale / finetuned_scale
     if relative <= 1:
         raise SearchError(f"secondary search: scale {scale} must be above the fine-tuned scale {finetuned_scale}")
-    tuned = RopeGeometry(geometry.head_dim, geometry.base, geometry.length_at(finetuned_scale))
+    tuned = RopeGeometry(geometry.head_dim, geometry.base, geometry.length_at(finetuned_scale),
+                         model_type=geometry.model_type)  # the YaRN seed's betas are the model family's
     return SearchTask("secondary", geometry.length_at(scale), float(scale),
                       space_for(geometry, relative, settings), seed_factors(tuned, relative), dict(params or {}),
                       base_factors=[float(x) for x in base_factors])
