@@ -40,10 +40,12 @@ def ppl(model, prefix, length, **kw):
     return EVALUATIONS["perplexity"](model, None, length, data_prefix=prefix, **kw)
 
 
-def test_sliding_with_stride_equal_to_window_is_truncate(model, token_files):
-    truncate = ppl(model, token_files, N)
-    sliding = ppl(model, token_files, N, mode="sliding", stride=N, document_tokens=N)
+@pytest.mark.parametrize("bos,text", [(False, N), (True, N - 1)])  # a window's text tokens: N, or N-1 after BOS
+def test_sliding_with_stride_equal_to_window_is_truncate(model, token_files, bos, text):
+    truncate = ppl(model, token_files, N, bos=bos)
+    sliding = ppl(model, token_files, N, mode="sliding", stride=text, document_tokens=text, bos=bos)
     assert truncate["document_ids"] == sliding["document_ids"]
+    assert truncate["bos"] is sliding["bos"] is bos
     assert sliding["metrics"]["nll"] == pytest.approx(truncate["metrics"]["nll"], rel=1e-6)
     assert sliding["metrics"]["perplexity"] == pytest.approx(truncate["metrics"]["perplexity"], rel=1e-6)
 
@@ -56,10 +58,13 @@ def test_sliding_scores_every_token_once(model, token_files):
             assert all(end - begin <= N for begin, end, _ in windows)
             scored = [t for begin, end, first in windows for t in range(first, end)]
             assert scored == list(range(1, n_tokens))  # every target once, in order
+            # after a BOS, the first token is a target too
+            after_bos = sliding_windows(n_tokens, N - 1, min(stride, N - 1), first_target=0)
+            assert [t for begin, end, first in after_bos for t in range(first, end)] == list(range(n_tokens))
     # a smaller stride gives every token more context: a different figure, same documents
     doc_len = min(len(data.document(i)) for i in data.documents_at_least(4 * N))
     wide = ppl(model, token_files, N, mode="sliding", stride=N // 4, document_tokens=doc_len)
-    coarse = ppl(model, token_files, N, mode="sliding", stride=N, document_tokens=doc_len)
+    coarse = ppl(model, token_files, N, mode="sliding", stride=N - 1, document_tokens=doc_len)  # N-1 after BOS
     assert wide["document_ids"] == coarse["document_ids"]
     assert wide["metrics"]["nll"] != pytest.approx(coarse["metrics"]["nll"], rel=1e-6)
     assert math.isfinite(wide["metrics"]["perplexity"])
@@ -75,7 +80,7 @@ def test_short_documents_are_left_out_and_counted(model, token_files):
     with pytest.raises(EvaluationError, match=r"only 2 of 4 documents have at least \d+ tokens; need 3"):
         ppl(model, token_files, length, min_documents=3)
     with pytest.raises(EvaluationError, match="document_tokens"):
-        ppl(model, token_files, N, mode="sliding", document_tokens=N - 1)
+        ppl(model, token_files, N, mode="sliding", document_tokens=N - 2)  # a window holds N-1 after BOS
     with pytest.raises(EvaluationError, match="unknown mode"):
         ppl(model, token_files, N, mode="strided")
 
