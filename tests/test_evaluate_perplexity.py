@@ -135,6 +135,9 @@ def test_with_min_document_tokens_every_length_reads_the_same_documents(model, t
     with pytest.raises(EvaluationError, match=r"evaluate\.perplexity\.min_document_tokens \(40\) is below the "
                                               r"evaluation length 64"):
         ppl(model, token_files, N, min_document_tokens=40)
+    with pytest.raises(EvaluationError, match=rf"only 2 of 4 documents have at least {floor} tokens; need 3 .*"
+                                              r"evaluate\.perplexity\.min_document_tokens"):
+        ppl(model, token_files, 16, min_document_tokens=floor, min_documents=3)
 
 
 def test_a_length_above_min_document_tokens_is_a_config_error_naming_the_key():

@@ -40,7 +40,8 @@ def select_documents(data: TokenFile, length: int, max_documents, min_documents:
     if len(docs) < min_documents:
         raise EvaluationError(
             f"{data.prefix}: only {len(docs)} of {len(data)} documents have at least {length} tokens; "
-            f"need {min_documents} (evaluate.perplexity.min_documents)"
+            f"need {min_documents} (evaluate.perplexity.min_documents; the tokens a document needs: the length, "
+            f"or evaluate.perplexity.min_document_tokens where set)"
         )
     return docs[:max_documents] if max_documents else docs
 
