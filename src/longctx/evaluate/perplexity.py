@@ -155,7 +155,7 @@ def evaluate_perplexity(model, tokenizer, length: int, *, data_prefix, mode="tru
         "bos": start is not None,
         "documents": len(docs),
         "documents_too_short": len(data) - len(data.documents_at_least(needed)),
-        "min_document_tokens": needed,
+        "documents_at_least": needed,  # tokens a document needed to be chosen
         "document_tokens": document_tokens if mode == "sliding" else length,
         "document_ids": [data.meta["document_ids"][i] for i in docs],
         "metrics": {
