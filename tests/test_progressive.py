@@ -127,7 +127,8 @@ def test_secondary_search_multiplies_the_finetuned_factors(workspace, tmp_path):
     from longctx.data import TokenFile
 
     data = TokenFile.open(workspace / "data" / "validation")
-    windows = torch.stack([torch.as_tensor(data.document(int(d[3:]))[:64].astype(np.int64)) for d in found["documents"]])
+    # search.bos (default): BOS (1 here) + the first 63 tokens of each document
+    windows = torch.stack([torch.as_tensor([1] + data.document(int(d[3:]))[:63].tolist()) for d in found["documents"]])
     log = [r for r in map(json.loads, (out.parent / "factors.log.jsonl").read_text().splitlines())
            if r["type"] == "candidate"]
     assert log[0]["factors"] == [2.0] * 8 and log[0]["n_hat"] == 0

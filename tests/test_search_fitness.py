@@ -190,3 +190,35 @@ def test_compiled_layers_score_candidates_as_the_eager_model_does(model_and_wind
     assert round(eager[0].perplexity, 6) != round(eager[1].perplexity, 6)  # the candidates do differ
     # on CPU the fitness itself leaves the layers eager (compiling costs more than it saves there)
     assert not PerplexityFitness(model, windows, task, compile=True).compiled
+
+
+# --- the fitness windows: LongRoPE's BOS ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fitness", ["perplexity", "needle"])
+def test_search_fitness_windows_start_with_bos(tmp_path, austen_tokenizer, fitness):
+    """LongRoPE's evolution/evaluate.py puts BOS before the first L'-1 tokens (add_start_token);
+    ``search.bos: false`` gives the first L' tokens (needle rows: no BOS before the instruction)."""
+    import numpy as np
+
+    from conftest import tiny_llama, write_token_files
+    from longctx import jobs
+    from longctx.data import TokenFile, load_tokenizer
+
+    tok = load_tokenizer(austen_tokenizer)
+    tiny_llama(vocab_size=len(tok), context=32).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    write_token_files(tmp_path / "validation", [rng.integers(3, 500, n) for n in (400, 90, 300)])
+    data = TokenFile.open(tmp_path / "validation")
+    settings = {"documents": 2, "fitness": fitness, "needle": {"depths": [0.0]}}
+    length = 256  # room for the needle rows' instruction, needle and question
+    windows, ids, _, _ = jobs._search_windows(tmp_path / "validation", length, settings, 0, tmp_path / "base")
+    texts = [data.document(int(d[3:])).tolist() for d in ids]
+    assert windows.shape == (2, length) and (windows[:, 0] == tok.bos_token_id).all()
+    plain, _, _, _ = jobs._search_windows(tmp_path / "validation", length, {**settings, "bos": False}, 0,
+                                          tmp_path / "base")
+    assert (plain[:, 0] != tok.bos_token_id).all()
+    if fitness == "perplexity":
+        assert windows[:, 1:].tolist() == [t[: length - 1] for t in texts]
+        assert plain.tolist() == [t[:length] for t in texts]

@@ -159,31 +159,44 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 # --- LongRoPE search ------------------------------------------------------------------------------
 
 
+def _search_bos(model_dir, settings: dict) -> int | None:
+    """The BOS id each fitness row starts with (the model's tokenizer's, else its config's): None with
+    ``search.bos`` off or no BOS token."""
+    from longctx.data import load_tokenizer
+
+    if not settings.get("bos", True):
+        return None
+    if (Path(model_dir) / "tokenizer_config.json").exists():
+        return load_tokenizer(model_dir).bos_token_id
+    return read_json(Path(model_dir) / "config.json").get("bos_token_id")
+
+
 def _search_windows(data_prefix, length: int, settings: dict, seed: int, model_dir=None):
     """The fitness rows [R, length], the document ids and, for the needle fitness, where each row's
-    answer starts; too few documents is an error (before any model)."""
+    answer starts; too few documents is an error (before any model). With ``search.bos`` a row is
+    the model's BOS + the document's first length-1 tokens (LongRoPE's evolution/evaluate.py)."""
     import numpy as np
     import torch
 
-    from longctx.data import TokenFile
-    from longctx.search import pick_documents
+    from longctx.data import TokenFile, load_tokenizer
+    from longctx.search import needle_rows, pick_documents
 
     data = TokenFile.open(data_prefix)
     lengths = [int(b - a) for a, b in data.bounds]
     docs = pick_documents(lengths, length, settings["documents"], seed, f"search data {data.prefix}")
     ids = [data.meta["document_ids"][i] for i in docs]
+    bos = _search_bos(model_dir, settings)
     if settings.get("fitness", "perplexity") != "needle":
-        windows = torch.from_numpy(np.stack([np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]))
+        head = [] if bos is None else [bos]
+        windows = torch.from_numpy(np.stack([np.asarray(head + data.document(i)[: length - len(head)].tolist(),
+                                                        dtype=np.int64) for i in docs]))
         return windows, ids, None, None
-    from longctx.data import load_tokenizer
-    from longctx.search import needle_rows
-
     tok = load_tokenizer(model_dir)
     texts = [np.asarray(data.document(i)[:length], dtype=np.int64) for i in docs]
     seen = np.unique(np.concatenate(texts))
     breaks = [int(t) for t in seen if "\n" in tok.decode([int(t)])]  # tokens that end a line (needle placement)
     rows = needle_rows(texts, length, settings["needle"]["depths"], seed,
-                       lambda text: tok.encode(text, add_special_tokens=False), tok.bos_token_id, breaks)
+                       lambda text: tok.encode(text, add_special_tokens=False), bos, breaks)
     return rows.windows, ids, rows.answer_start, [{**r, "document": ids[r["document"]]} for r in rows.rows]
 
 
@@ -256,6 +269,7 @@ def search(*, model: Path, data: Path, out: Path, variant: Variant, settings: di
                             chunk_size, answer_start=answer_start)
         _search_summary(tracker, record)
     write_json(out, {**record, "documents": doc_ids, "fitness": settings.get("fitness", "perplexity"),
+                     "bos": _search_bos(model, settings) is not None,
                      **({"needles": needles} if needles else {})})
 
 

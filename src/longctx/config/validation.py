@@ -111,6 +111,7 @@ def _check_semantics(config: dict) -> None:
     resources.check(config)
     _check_splits(config)
     _check_evaluation_lengths(config)
+    _check_perplexity_documents(config)
     _check_local_files(config)
 
 
@@ -150,6 +151,23 @@ def _check_evaluation_lengths(config: dict) -> None:
             raise ConfigError(f"config key 'evaluate.{plan.section_of(name)}': length {short[0]} is below what "
                               f"{name} needs (at least {fewest} tokens for its prompt and answer); evaluate it at "
                               f"longer lengths (its `lengths`, or evaluate.lengths)")
+
+
+def _check_perplexity_documents(config: dict) -> None:
+    """``evaluate.perplexity.min_document_tokens`` (truncate mode) holds every perplexity length."""
+    section = config["evaluate"]["perplexity"]
+    floor = section["min_document_tokens"]
+    if not section["enabled"] or floor is None:
+        return
+    if section["mode"] != "truncate":
+        raise ConfigError("config key 'evaluate.perplexity.min_document_tokens': for mode truncate only; sliding "
+                          "windows read the same documents at every length through evaluate.perplexity.document_tokens")
+    largest = max([floor] if isinstance(floor, int) else floor)
+    long = [n for n in plan.lengths_for(config, "perplexity") if n > largest]
+    if long:
+        raise ConfigError(f"config key 'evaluate.perplexity.min_document_tokens': {largest} is below the evaluation "
+                          f"length {long[0]}; documents that short have no {long[0]} tokens to read (raise it, or "
+                          f"evaluate perplexity at shorter lengths)")
 
 
 def _check_local_files(config: dict) -> None:
