@@ -85,9 +85,16 @@ def model_dir(name):
 
 
 def start_dir(name):
-    """The weights a variant's search and fine-tuning start from: the base model, or (a progressive
-    chain's later stage) the fine-tuned folder of the chain's last fine-tuned step."""
+    """The weights a variant fine-tunes from, or runs on when it does not fine-tune: the base model,
+    or (a progressive chain's later stage) the fine-tuned folder of an earlier step."""
     start = VARIANTS[name].start
+    return f"{R}/models/{start}" if start else f"{R}/models/base"
+
+
+def search_dir(name):
+    """The weights a variant's factors are searched on: the base model, or a progressive chain's
+    fine-tuned step (a chain step may search on the base model and fine-tune from another step's)."""
+    start = VARIANTS[name].search_start
     return f"{R}/models/{start}" if start else f"{R}/models/base"
 
 
@@ -97,8 +104,8 @@ def option(flag, value):
 
 
 def base_factors_file(name):
-    """A chain's secondary search multiplies the factors its starting weights were fine-tuned with."""
-    start = VARIANTS[name].start
+    """A chain's secondary search multiplies the factors the weights it searches on were fine-tuned with."""
+    start = VARIANTS[name].search_start
     return factors_file(start) if start else []
 
 

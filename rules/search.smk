@@ -1,6 +1,7 @@
 # LongRoPE evolutionary factor search at a variant's target length; resumes from its candidate log.
-# A progressive chain's later step searches on the weights of its last fine-tuned step, multiplying
-# the factors those were fine-tuned with; its final model gets short-context recovery searches.
+# A progressive chain's step searches on the base model or (secondary search) on the weights of its
+# last fine-tuned step, multiplying the factors those were fine-tuned with; its final model gets
+# short-context recovery searches on its final weights.
 
 SEARCH_CORPUS = lc.search_corpus(config)
 SEARCH_SETTINGS = {k: v for k, v in config["search"].items() if k not in ("corpus", "split")}
@@ -8,7 +9,7 @@ SEARCH_SETTINGS = {k: v for k, v in config["search"].items() if k not in ("corpu
 
 rule search:
     input:
-        model=lambda w: start_dir(w.variant),
+        model=lambda w: search_dir(w.variant),
         data=token_files(SEARCH_CORPUS, config["search"]["split"]),
         base_factors=lambda w: base_factors_file(w.variant),
     output:
@@ -41,7 +42,7 @@ rule search:
 
 rule recovery:
     input:
-        model=lambda w: start_dir(w.variant),
+        model=lambda w: search_dir(w.variant),
         data=token_files(SEARCH_CORPUS, config["search"]["split"]),
         long_factors=lambda w: factors_file(VARIANTS[w.variant].recovery_of),
     output:

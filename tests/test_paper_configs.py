@@ -182,7 +182,17 @@ def test_longrope_llama2_progressive_128k_256k_2048k_with_recovery(dry_runs):
     assert [j["wildcards"]["variant"] for j in by_rule(jobs, "recovery")] == ["longrope-llama2-x512-recovery"]
     chain = {v.name: v for v in variants(load_config(CONFIGS["longrope"])) if v.chain}
     assert chain["longrope-llama2-x32-ft"].finetune_steps == 400 and chain["longrope-llama2-x64-ft"].finetune_steps == 600
-    assert chain["longrope-llama2-x64-ft"].start == "longrope-llama2-x32-ft"
+    # the paper's recipe (section 3.3): 128k and 256k factors searched on the pretrained model, 256k
+    # fine-tuned from the 128k weights, 2048k a secondary search on the 256k weights
+    inputs = {(j["rule"], j["wildcards"]["variant"]): j["input"] for j in jobs if j["rule"] in ("search", "finetune")}
+    R = "results/longrope-llama2-7b"
+    for step in ("x32-ft", "x64-ft"):
+        assert f"{R}/models/base" in inputs[("search", f"longrope-llama2-{step}")]
+        assert not any(f.endswith("factors.json") for f in inputs[("search", f"longrope-llama2-{step}")])
+    ft64 = inputs[("finetune", "longrope-llama2-x64-ft")]
+    assert f"{R}/models/longrope-llama2-x32-ft" in ft64 and f"{R}/search/longrope-llama2-x64-ft/factors.json" in ft64
+    assert f"{R}/models/longrope-llama2-x64-ft" in inputs[("search", "longrope-llama2-x512")]
+    assert f"{R}/search/longrope-llama2-x64-ft/factors.json" in inputs[("search", "longrope-llama2-x512")]
     assert chain["longrope-llama2-x512"].target_length(4096) == 2097152
     assert chain["longrope-llama2-x512-recovery"].recovery_lengths == (4096, 8192)
     evals = evaluated(jobs)
@@ -197,11 +207,19 @@ def test_longrope_llama2_progressive_128k_256k_2048k_with_recovery(dry_runs):
     assert enabled_evaluations(load_config(CONFIGS["longrope"])) == ["perplexity", "passkey", "harness"]
 
 
-def test_longrope_mistral_finetunes_at_16k_on_4_gpus_and_searches_128k(dry_runs):
+def test_longrope_mistral_searches_128k_on_the_base_model_and_finetunes_with_it_at_16k_on_4_gpus(dry_runs):
     jobs = dry_runs["longrope_mistral"]
-    assert trained(jobs) == {"longrope-mistral-x2-ft"}
-    assert searched(jobs) == {"longrope-mistral-x2-ft", "longrope-mistral-x16"}
+    # the paper (section 4.1): the 128k (16x) factors, searched on the base model, fine-tuned at 16k
+    assert trained(jobs) == searched(jobs) == {"longrope-mistral-x16-ft"}
+    (search_job,) = by_rule(jobs, "search")
+    assert "results/longrope-mistral-7b/models/base" in search_job["input"]
+    (ft_job,) = by_rule(jobs, "finetune")
+    assert "results/longrope-mistral-7b/search/longrope-mistral-x16-ft/factors.json" in ft_job["input"]
+    assert [j["wildcards"]["variant"] for j in by_rule(jobs, "recovery")] == ["longrope-mistral-x16-recovery"]
     config = load_config(CONFIGS["longrope_mistral"])
+    named = {v.name: v for v in variants(config)}
+    assert finetune_settings_for(config, named["longrope-mistral-x16-ft"])["length"] == 16384
+    assert named["longrope-mistral-x16-recovery"].recovery_lengths == (8192,)
     assert (config["finetune"]["lr"], config["finetune"]["schedule"], config["finetune"]["batch_size"]) == (1e-6, "constant", 64)
     ft = one_resources(jobs, "finetune")
     assert (ft["gpu"], ft["gpu_model"]) == ("4", "a100") and "nodes" not in ft

@@ -56,10 +56,37 @@ def test_a_chain_resolves_into_variants_in_dag_order():
     chain = [v for v in lc.variants(lc.validate(cfg)) if v.chain == "lr"]
     assert [v.name for v in chain] == ["lr-x4-ft", "lr-x8-ft", "lr-x32", "lr-x32-recovery"]
     assert [v.start for v in chain] == [None, "lr-x4-ft", "lr-x8-ft", "lr-x8-ft"]  # the weights each starts from
+    # the paper's recipe by default: a fine-tuned step's factors are searched on the base model, a
+    # search-only step's on the last fine-tuned weights (and recovery on the final ones)
+    assert [v.search_start for v in chain] == [None, None, "lr-x8-ft", "lr-x8-ft"]
     assert [v.finetune_steps for v in chain] == [30, 20, None, None]
     assert all(v.search and v.method == "longrope" for v in chain)
     final = chain[-1]
     assert (final.recovery_of, final.recovery_lengths, final.scale) == ("lr-x32", (128, 256), 32.0)
+
+
+def test_the_papers_llama2_recipe_searches_128k_and_256k_on_the_base_model():
+    """LongRoPE section 3.3: both fine-tuned steps' factors come from the pretrained model; 256k
+    fine-tunes from the 128k fine-tuned weights; 2048k is a secondary search on the 256k ones."""
+    chain = {v.name: v for v in lc.variants(lc.load_config(REPO / "config/paper/longrope.yaml")) if v.chain}
+    x32, x64, x512, final = (chain[f"longrope-llama2-{s}"] for s in ("x32-ft", "x64-ft", "x512", "x512-recovery"))
+    assert (x32.search_start, x32.start, x32.finetune_steps) == (None, None, 400)
+    assert (x64.search_start, x64.start, x64.finetune_steps) == (None, "longrope-llama2-x32-ft", 600)
+    assert (x512.search_start, x512.start, x512.finetune) == ("longrope-llama2-x64-ft", "longrope-llama2-x64-ft", False)
+    assert (final.search_start, final.start, final.recovery_of) == ("longrope-llama2-x64-ft",) * 2 + ("longrope-llama2-x512",)
+
+
+def test_search_on_finetuned_keeps_the_secondary_search_chain_and_finetune_from_base_restarts():
+    cfg = default_config()
+    cfg["progressive"] = [{"name": "lr", "recovery": [1], "steps": [
+        {"scale": 2, "finetune_steps": 10},
+        {"scale": 4, "finetune_steps": 10, "search_on": "finetuned"},  # secondary search on lr-x2-ft
+        {"scale": 8, "finetune_steps": 10, "finetune_from": "base"},  # base-searched factors, base weights
+        {"scale": 16, "search_on": "base"}]}]  # a search-only step on the pretrained model runs on it
+    chain = {v.name: v for v in lc.variants(lc.validate(cfg)) if v.chain}
+    assert [(v.search_start, v.start) for v in chain.values()] == [
+        (None, None), ("lr-x2-ft", "lr-x2-ft"), (None, None), (None, None), (None, None)]
+    assert chain["lr-x16-recovery"].recovery_of == "lr-x16"
 
 
 def test_a_standalone_search_and_a_chain_step_that_would_search_alike_share_one_search():
@@ -76,6 +103,12 @@ def test_a_standalone_search_and_a_chain_step_that_would_search_alike_share_one_
     assert owners["longrope-x8-search"] == "longrope-x8-search"
     assert owners["lr-x8"] == "lr-x8"  # 8x on the chain's fine-tuned weights: not the base model's 8x search
     assert owners["lr-x8-recovery"] == "lr-x8-recovery"
+    # a fine-tuned later step searching on the base model (the paper's 256k factors) shares the
+    # base model's search at its scale, though it fine-tunes from the chain's weights
+    cfg["progressive"][0]["steps"] = [{"scale": 4, "finetune_steps": 30}, {"scale": 8, "finetune_steps": 30}]
+    named = {v.name: v for v in lc.variants(lc.validate(cfg))}
+    owners = lc.search_owners(list(named.values()))
+    assert owners["lr-x8-ft"] == "longrope-x8-search" and named["lr-x8-ft"].start == "lr-x4-ft"
 
 
 def test_the_embedded_default_runs_a_scaled_down_chain():
@@ -83,6 +116,9 @@ def test_the_embedded_default_runs_a_scaled_down_chain():
     assert names["longrope-prog-x4-ft"].finetune_steps == 40
     assert names["longrope-prog-x8"].start == "longrope-prog-x4-ft" and not names["longrope-prog-x8"].finetune
     assert names["longrope-prog-x8-recovery"].recovery_lengths == (128,)
+    # today's chain: 4x searched on the base model, 8x and recovery on the 4x fine-tuned weights
+    assert [names[f"longrope-prog-{s}"].search_start for s in ("x4-ft", "x8", "x8-recovery")] == [
+        None, "longrope-prog-x4-ft", "longrope-prog-x4-ft"]
 
 
 @pytest.mark.parametrize("chain,key", [
@@ -92,6 +128,10 @@ def test_the_embedded_default_runs_a_scaled_down_chain():
     ({"steps": [{"scale": 4}], "params": {"factors": [1.0]}}, r"progressive\[0\]\.params"),
     ({"steps": [{"scale": 4, "finetune_steps": 0}]}, r"progressive\[0\]\.steps\[0\]\.finetune_steps"),
     ({"name": "pi", "steps": [{"scale": 4}], "recovery": []}, r"progressive"),  # pi-x4 is taken
+    ({"steps": [{"scale": 4}, {"scale": 8, "finetune_from": "base"}]},
+     r"progressive\[0\]\.steps\[1\]\.finetune_from': only a step with finetune_steps"),
+    ({"steps": [{"scale": 4}, {"scale": 8, "search_on": "finetuned"}]},
+     r"progressive\[0\]\.steps\[1\]\.search_on': .*no earlier step fine-tunes"),
 ])
 def test_chain_mistakes_name_their_key(chain, key):
     cfg = default_config()
@@ -250,3 +290,63 @@ def test_a_chain_runs_stage_by_stage(tmp_path, austen_tokenizer):
     # the final model: fine-tuned weights of step 1, the short set up to 16 tokens, the 4x set beyond
     model = jobs.extended_model(models / "c-x2-ft", chain["c-x4-recovery"], search / "c-x4-recovery" / "factors.json")
     assert model.config.longctx_rope["scale"] == 4.0
+
+
+def test_the_papers_recipe_runs_stage_by_stage(tmp_path, austen_tokenizer):
+    """LongRoPE's recipe, scaled down: 2x and 4x searched on the base model, fine-tune 2x from base and
+    4x (with its own, unmultiplied, factors) from the 2x weights, a secondary search at 8x on the 4x
+    weights, recovery at 1x. Each job gets the weights the variants name, as the rules pass them."""
+    from conftest import tiny_llama
+    from longctx.data import load_tokenizer
+    from longctx.models import load_model
+
+    tiny_llama(vocab_size=512, context=16).save_pretrained(tmp_path / "models" / "base")
+    load_tokenizer(austen_tokenizer).save_pretrained(tmp_path / "models" / "base")
+    rng = np.random.default_rng(2)
+    for split in ("train", "validation"):
+        write_token_files(tmp_path / "data" / split, [rng.integers(3, 512, 160) for _ in range(4)])
+    cfg = default_config()
+    cfg["progressive"] = [{"name": "p", "recovery": [1], "steps": [
+        {"scale": 2, "finetune_steps": 1}, {"scale": 4, "finetune_steps": 1}, {"scale": 8}]}]
+    cfg["model"]["pretrain"]["context"] = 16
+    cfg["evaluate"]["passkey"]["enabled"] = False  # its prompt needs more than 16 tokens
+    chain = {v.name: v for v in lc.variants(lc.validate(cfg)) if v.chain == "p"}
+    assert list(chain) == ["p-x2-ft", "p-x4-ft", "p-x8", "p-x8-recovery"]
+    settings = search_settings()
+    ft = {**{k: v for k, v in cfg["finetune"].items() if k != "corpus"}, "batch_size": 2, "micro_batch_size": 2,
+          "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1}
+    models, search, val = tmp_path / "models", tmp_path / "search", tmp_path / "data" / "validation"
+
+    def weights(name):  # rules/common.smk: models/<variant>, or the base model
+        return models / (name or "base")
+
+    def factors(name):
+        return search / name / "factors.json"
+
+    for name in ("p-x2-ft", "p-x4-ft"):  # both on the base model, no factors to multiply
+        v = chain[name]
+        jobs.search(model=weights(v.search_start), data=val, out=factors(name), variant=v, settings=settings,
+                    run=RUN, device="cpu")
+        jobs.finetune(model=weights(v.start), data=tmp_path / "data" / "train", out=models / name, variant=v,
+                      settings=ft, run=RUN, device="cpu", factors=factors(name), work_dir=tmp_path / "work" / name)
+    x2, x4 = read_json(factors("p-x2-ft")), read_json(factors("p-x4-ft"))
+    assert x4["kind"] == "search" and "base_factors" not in x4  # searched on the pretrained model
+    # the 4x step fine-tunes with its own factors (not x2's times a relative set), from the 2x weights
+    assert chain["p-x4-ft"].start == "p-x2-ft"
+    tuned = load_model(models / "p-x4-ft")
+    assert tuned.config.longctx_rope["scale"] == 4.0 and tuned.config.longctx_rope["params"]["factors"] == x4["factors"]
+    assert x4["factors"] != x2["factors"]
+    x8v = chain["p-x8"]
+    jobs.search(model=weights(x8v.search_start), data=val, out=factors("p-x8"), variant=x8v, settings=settings,
+                run=RUN, device="cpu", base_factors=factors(x8v.search_start))
+    x8 = read_json(factors("p-x8"))
+    # the secondary search multiplies the factors the 4x weights were fine-tuned with: 2x over them
+    assert x8["kind"] == "secondary" and x8["base_factors"] == x4["factors"]
+    assert x8["factors"] == pytest.approx([a * b for a, b in zip(x4["factors"], x8["relative_factors"])])
+    rec = chain["p-x8-recovery"]
+    jobs.recovery(model=weights(rec.search_start), data=val, out=factors(rec.name), variant=rec, settings=settings,
+                  run=RUN, long_factors=factors("p-x8"), device="cpu")
+    sets = read_json(factors(rec.name))["rope_params"]["factor_sets"]
+    assert [s["max_length"] for s in sets] == [16, None] and sets[-1]["factors"] == x8["factors"]
+    model = jobs.extended_model(weights(rec.start), rec, factors(rec.name))
+    assert model.config.longctx_rope["scale"] == 8.0

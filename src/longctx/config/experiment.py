@@ -33,6 +33,9 @@ class Variant:
     search: bool
     # progressive LongRoPE chains (``chain_variants``); the defaults describe a plain variant
     start: str | None = None  # the fine-tuned variant whose weights this one starts from (None: the base model)
+    # the fine-tuned variant whose weights its factors are searched on (None: the base model); a chain
+    # step that searches on the base model and fine-tunes from an earlier step's weights differs from start
+    search_start: str | None = None
     finetune_steps: int | None = None  # a chain step's fine-tune steps (None: finetune.steps)
     chain: str | None = None  # the chain this variant is a stage of
     recovery_of: str | None = None  # recovery stage: the chain step whose long factors it completes
@@ -115,7 +118,7 @@ SEARCH_RESULT_PARAMS = ("factors", "n_hat", "factor_sets")
 def search_owners(variants: list[Variant]) -> dict[str, str]:
     """Each searched variant -> the variant whose search it uses.
 
-    Two variants that search the same weights (``start``) at the same scale with the same method
+    Two variants that search the same weights (``search_start``) at the same scale with the same method
     parameters would run the same search (same data, settings and seed): the first of them owns it
     and the others read its factors - e.g. a standalone ``longrope-x4-search`` and a progressive
     chain's first step at 4x. A recovery search is always its own.
@@ -128,7 +131,7 @@ def search_owners(variants: list[Variant]) -> dict[str, str]:
             owners[v.name] = v.name
             continue
         params = {k: p for k, p in v.params.items() if k not in SEARCH_RESULT_PARAMS}
-        key = (v.start, v.method, v.scale, json.dumps(params, sort_keys=True),
+        key = (v.search_start, v.method, v.scale, json.dumps(params, sort_keys=True),
                json.dumps(v.search_settings, sort_keys=True))
         owners[v.name] = first.setdefault(key, v.name)
     return owners
@@ -209,46 +212,64 @@ def chain_name(config: dict, index: int) -> str:
 def chain_variants(config: dict, original_context: int) -> list:
     """The variants of every chain, in DAG order: its steps, then its recovered final model.
 
-    A chain (config ``progressive``) is a list of steps ``(scale, fine-tune steps or none)`` and a list
-    of short-context recovery lengths. It resolves into ordinary variants, so every stage is
-    evaluated and reported like any other:
-    
-    - step 1: search at ``s1 x L`` on the base model, then fine-tune at that length if asked;
-    - step k: search at ``sk x L`` on the weights of the last fine-tuned step, the new factors
-      multiplying those the weights were fine-tuned with (secondary search, ``lambda_ft * lambda'``);
-      fine-tune if asked (from those weights);
+    A chain (config ``progressive``) is a list of steps (scale, fine-tune steps or none, the weights its
+    search runs on and those it fine-tunes from) and a list of short-context recovery lengths. It
+    resolves into ordinary variants, so every stage is evaluated and reported like any other:
+
+    - a step searches at ``s x L`` on the base model (``search_on: base``), or on the weights of the
+      last fine-tuned step (``finetuned``): a secondary search whose factors multiply those the
+      weights were fine-tuned with (``lambda_ft * lambda'``); by default (null) the paper's recipe,
+      ``base`` for a step that fine-tunes and ``finetuned`` for one that only searches;
+    - a step with ``finetune_steps`` then fine-tunes with its factors from the last fine-tuned step's
+      weights (or the base model: ``finetune_from: base``); later steps start from its weights; a
+      step without fine-tuning runs on the weights it was searched on;
     - recovery: on the final weights, search a factor set for each recovery length (sequences of at
       most that many tokens), with the lower maximum lambda of that length; the final variant carries
       all its factor sets (``longrope`` ``factor_sets`` with ``max_length``) and picks one by sequence
       length.
-    
-        longrope-chain-x4-ft        search at 4L on base, fine-tune at 4L
-        longrope-chain-x8           secondary search at 8L on the 4L fine-tuned weights
-        longrope-chain-x8-recovery  + factor set for sequences up to L, searched at L
+
+    The paper's Llama 2 recipe (section 3.3):
+
+        longrope-llama2-x32-ft        search at 128k on base, fine-tune at 128k from base
+        longrope-llama2-x64-ft        search at 256k on base, fine-tune at 256k from the x32-ft weights
+        longrope-llama2-x512          secondary search at 2048k on the x64-ft weights
+        longrope-llama2-x512-recovery + factor sets for sequences up to 4k and 8k, searched on them
     """
     out = []
     for index, chain in enumerate(config["progressive"]):
         name = chain_name(config, index)
-        start = None  # the last fine-tuned step: the weights later steps start from
+        tuned = None  # the last fine-tuned step: the weights later steps start from
         last = None
         for step in chain["steps"]:
             finetune = step["finetune_steps"] is not None
+            search_start = tuned if step_searches_on(step, tuned) == "finetuned" else None
+            start = (None if step["finetune_from"] == "base" else tuned) if finetune else search_start
             variant = Variant(
                 name=f"{name}-x{scale_text(step['scale'])}" + ("-ft" if finetune else ""),
                 method="longrope", scale=float(step["scale"]), params=dict(chain["params"]),
-                finetune=finetune, search=True, start=start, finetune_steps=step["finetune_steps"], chain=name,
+                finetune=finetune, search=True, start=start, search_start=search_start,
+                finetune_steps=step["finetune_steps"], chain=name,
                 search_settings=dict(chain["search"]), finetune_settings=dict(chain["finetune"]),
             )
             out.append(variant)
             last = variant
             if finetune:
-                start = variant.name
+                tuned = variant.name
         if chain["recovery"]:
             lengths = tuple(sorted({length_at(m, original_context) for m in chain["recovery"]}))
+            final = last.name if last.finetune else last.start  # the final model's weights
             out.append(Variant(
                 name=f"{last.name.removesuffix('-ft')}-recovery", method="longrope", scale=last.scale,
-                params=dict(chain["params"]), finetune=False, search=True, start=start, chain=name,
-                recovery_of=last.name, recovery_lengths=lengths, recovery_lambda_max=chain["recovery_lambda_max"],
-                search_settings=dict(chain["search"]),
+                params=dict(chain["params"]), finetune=False, search=True, start=final, search_start=final,
+                chain=name, recovery_of=last.name, recovery_lengths=lengths,
+                recovery_lambda_max=chain["recovery_lambda_max"], search_settings=dict(chain["search"]),
             ))
     return out
+
+
+def step_searches_on(step: dict, tuned: str | None) -> str:
+    """``base`` or ``finetuned``: a step's ``search_on``, or the paper's recipe where it is null - the
+    factors a step fine-tunes with are searched on the base model (LongRoPE's 128k and 256k), a step
+    that only searches extends the last fine-tuned weights (2048k). No fine-tuned step yet: base."""
+    on = step["search_on"] or ("base" if step["finetune_steps"] is not None else "finetuned")
+    return on if tuned else "base"

@@ -211,7 +211,7 @@ def _check_longrope2(config: dict) -> None:
     chains = {chain_name(config, i): f"progressive[{i}]" for i in range(len(config["progressive"]))}
     for v in variants(config)[1:]:
         own = chains[v.chain] if v.chain else owner[v.name]
-        if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.start or v.recovery_of):
+        if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.search_start or v.recovery_of):
             key = f"{own}.search" if "critical_dim" in v.search_settings else "search"
             raise ConfigError(f"config key '{key}.critical_dim.enabled': LongRoPE2's critical-dimension search is "
                               f"one search on the base weights; {v.name} is a chain's "
@@ -253,6 +253,12 @@ def check_chains(config: dict, original_context: int) -> None:
                                   f"{'1' if k == 0 else 'the previous step' + chr(39) + 's scale'} ({previous:g}), "
                                   f"got {scale!r}")
             previous = float(scale)
+            if step["finetune_from"] == "base" and step["finetune_steps"] is None:
+                raise ConfigError(f"config key '{where}.steps[{k}].finetune_from': only a step with finetune_steps "
+                                  f"fine-tunes")
+            if step["search_on"] == "finetuned" and not any(s["finetune_steps"] for s in chain["steps"][:k]):
+                raise ConfigError(f"config key '{where}.steps[{k}].search_on': 'finetuned' searches on the last "
+                                  f"fine-tuned step's weights, and no earlier step fine-tunes (use base)")
         for k, m in enumerate(chain["recovery"]):
             if not m < previous:
                 raise ConfigError(f"config key '{where}.recovery[{k}]': a recovery length ({m:g} x L) must be below "
