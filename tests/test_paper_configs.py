@@ -170,6 +170,10 @@ def test_giraffe_13b_bases_positions_and_retrieval_evaluations(dry_runs, name, m
     assert {e for (_, e) in evals} == {"lines", "wikiqa_ffqa", "wikiqa_altqa"}
     assert evals[("giraffe_power-x4-ft", "wikiqa_ffqa")] == [2048, 4096, 8192, 16384]
     assert evals[("pi-x16-ft", "lines")][-1] == 24576
+    # evaluation scales: the fine-tuned weights of pi-x4-ft evaluated with PI at 8 (trained once)
+    assert {"pi-x4-ft@x8", "pi-x16-ft@x12", "pi-x16-ft@x32"} <= {v for (v, _) in evals}
+    at8 = [j for j in jobs if j["rule"].startswith("evaluate") and j["wildcards"].get("variant") == "pi-x4-ft@x8"]
+    assert at8 and all(any(i.endswith("models/pi-x4-ft") for i in j["input"]) for j in at8)
     # the 13B model fine-tunes on 2 nodes of 8 A100; RedPajama is the only prepared corpus
     assert one_resources(jobs, "finetune")["gres"] == "gpu:a100:8"
     assert {j["wildcards"]["corpus"] for j in by_rule(jobs, "prepare_corpus")} == {"redpajama"}
