@@ -168,3 +168,35 @@ def test_device_cuda_without_a_gpu_fails_before_any_job_when_jobs_run_here(tmp_p
     assert not (tmp_path / "results").exists()
     # a dry run plans (e.g. a paper config on a laptop) without complaint
     assert dry_run(tmp_path, {**own_experiment(), "device": "cuda"}).returncode == 0
+
+
+def test_an_evaluation_scale_evaluates_the_fine_tuned_weights_with_the_other_scales_rope(tmp_path):
+    """Giraffe evaluates a model trained at scale 4 at scale 8: ``pi-x4-ft@x8`` runs on the weights
+    of ``pi-x4-ft`` (fine-tuned once), with PI at 8."""
+    import torch
+
+    from conftest import tiny_llama
+    from longctx.jobs import extended_model
+    from longctx.rope import apply_to_model
+
+    cfg = default_config()
+    cfg["variants"] = [{"method": "pi", "scale": 4, "finetune": True, "eval_scales": [8]}]
+    cfg["evaluate"]["ruler"] = {**cfg["evaluate"].get("ruler", {}), "variants": None}
+    validate(cfg)
+    by_name = {v.name: v for v in variants(cfg)}
+    trained, at8 = by_name["pi-x4-ft"], by_name["pi-x4-ft@x8"]
+    assert (at8.start, at8.scale, at8.trained_scale, at8.finetune) == ("pi-x4-ft", 8.0, 4.0, False)
+    assert trained.finetune and trained.scale == 4.0
+    folder = tmp_path / "pi-x4-ft"  # stands for the fine-tuned weights, saved with the RoPE they trained with
+    apply_to_model(tiny_llama(seed=3), "pi", 4.0).save_pretrained(folder)
+    as_trained = extended_model(folder, trained, as_saved=True)
+    at_eight = extended_model(folder, at8, as_saved=at8.finetune)
+    assert as_trained.config.rope_parameters["factor"] == 4.0
+    assert at_eight.config.rope_parameters["factor"] == 8.0 and at_eight.config.longctx_rope["scale"] == 8.0
+    assert all(torch.equal(a, b) for a, b in zip(as_trained.parameters(), at_eight.parameters()))
+    # a bad evaluation scale, or one without fine-tuned weights, names its key
+    for variant, message in [({"finetune": True, "eval_scales": [0.5]}, "a number >= 1 other than"),
+                             ({"eval_scales": [8]}, "needs finetune")]:
+        cfg["variants"] = [{"method": "pi", "scale": 4, **variant}]
+        with pytest.raises(ConfigError, match=r"'variants\[0\]\.eval_scales': .*" + message):
+            validate(cfg)

@@ -23,6 +23,7 @@ CONFIGS = {
     "pi": REPO / "config/paper/pi.yaml",
     "pi_ft10000": REPO / "config/paper/pi_ft10000.yaml",
     "giraffe": REPO / "config/paper/giraffe.yaml",
+    "giraffe_llama2": REPO / "config/paper/giraffe_llama2.yaml",
     "longrope": REPO / "config/paper/longrope.yaml",
     "longrope_mistral": REPO / "config/paper/longrope_mistral.yaml",
     "longrope2": REPO / "config/paper/longrope2.yaml",
@@ -119,7 +120,8 @@ def one_resources(jobs, rule):
 def test_each_config_validates_with_hub_or_gguf_model_and_its_context(name):
     config = load_config(CONFIGS[name])
     assert config["model"]["source"] == ("gguf" if name == "smollm2" else "hub")
-    assert original_context(config) == {"pi": 2048, "pi_ft10000": 2048, "giraffe": 4096, "longrope": 4096,
+    assert original_context(config) == {"pi": 2048, "pi_ft10000": 2048, "giraffe": 2048, "giraffe_llama2": 4096,
+                                         "longrope": 4096,
                                          "longrope_mistral": 8192, "longrope2": 8192, "smollm2": 8192}[name]
     assert all(v.method != "none" or v.finetune or v.name == "base" for v in variants(config))
 
@@ -158,19 +160,34 @@ def test_pi_direct_finetuning_10000_steps_is_its_own_experiment(dry_runs):
     assert one_resources(jobs, "finetune")["runtime"] == "1200"
 
 
-def test_giraffe_llama2_13b_bases_positions_and_retrieval_evaluations(dry_runs):
-    jobs = dry_runs["giraffe"]
+@pytest.mark.parametrize("name,model,length", [("giraffe", "huggyllama/llama-13b", 2048),
+                                               ("giraffe_llama2", "meta-llama/Llama-2-13b-hf", 4096)])
+def test_giraffe_13b_bases_positions_and_retrieval_evaluations(dry_runs, name, model, length):
+    jobs = dry_runs[name]
     assert trained(jobs) == {"pi-x4-ft", "pi-x16-ft", "giraffe_power-x4-ft", "giraffe_truncated-x4-ft",
                              "giraffe_randomized-x4-ft"}
     evals = evaluated(jobs)
     assert {e for (_, e) in evals} == {"lines", "wikiqa_ffqa", "wikiqa_altqa"}
     assert evals[("giraffe_power-x4-ft", "wikiqa_ffqa")] == [2048, 4096, 8192, 16384]
     assert evals[("pi-x16-ft", "lines")][-1] == 24576
+    # evaluation scales: the fine-tuned weights of pi-x4-ft evaluated with PI at 8 (trained once)
+    assert {"pi-x4-ft@x8", "pi-x16-ft@x12", "pi-x16-ft@x32"} <= {v for (v, _) in evals}
+    at8 = [j for j in jobs if j["rule"].startswith("evaluate") and j["wildcards"].get("variant") == "pi-x4-ft@x8"]
+    assert at8 and all(any(i.endswith("models/pi-x4-ft") for i in j["input"]) for j in at8)
     # the 13B model fine-tunes on 2 nodes of 8 A100; RedPajama is the only prepared corpus
     assert one_resources(jobs, "finetune")["gres"] == "gpu:a100:8"
     assert {j["wildcards"]["corpus"] for j in by_rule(jobs, "prepare_corpus")} == {"redpajama"}
-    config = load_config(CONFIGS["giraffe"])
-    assert config["finetune"]["batch_size"] == 32 and config["model"]["name_or_path"] == "meta-llama/Llama-2-13b-hf"
+    config = load_config(CONFIGS[name])
+    ft = config["finetune"]
+    assert ft["batch_size"] == 32 and config["model"]["name_or_path"] == model
+    # every scale trains at the base model's context (positions compressed), with the Hugging Face
+    # Trainer's AdamW and schedule of Giraffe's script: betas (0.9, 0.999), 300 warm-up steps from 0
+    assert ft["length"] == length and original_context(config) == length
+    assert (ft["lr"], ft["betas"], ft["warmup_steps"], ft["warmup_from"], ft["schedule"]) == (
+        2e-5, [0.9, 0.999], 300, 0.0, "linear")
+    by_name = {v.name: v for v in variants(config)}
+    assert by_name["giraffe_truncated-x4-ft"].params == {"cutoff_length": length}
+    assert by_name["giraffe_power-x4-ft"].params == {"power": 0.5}  # linear_scale: false, the default
 
 
 def test_longrope_llama2_progressive_128k_256k_2048k_with_recovery(dry_runs):

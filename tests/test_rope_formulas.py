@@ -132,7 +132,7 @@ def test_static_methods_match_float64_formulas(g, s):
     np.testing.assert_allclose(freqs("yarn", s, {"ramp": "code"}, g), ref_yarn_code(d, b, L, s), rtol=RTOL)
     np.testing.assert_allclose(freqs("yarn", s, {"alpha": 2, "beta": 16, "ramp": "paper"}, g),
                                ref_yarn_paper(d, b, L, s, 2, 16), rtol=RTOL)
-    np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.5}, g), ref_giraffe(d, b, s, 0.5), rtol=RTOL)
+    np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.5}, g), ref_giraffe(d, b, 1, 0.5), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_truncated", s, {}, g), ref_giraffe(d, b, s, cutoff=L), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_truncated", s, {"cutoff_length": 4 * L}, g),
                                ref_giraffe(d, b, s, cutoff=4 * L), rtol=RTOL)
@@ -140,6 +140,20 @@ def test_static_methods_match_float64_formulas(g, s):
     lambdas = np.linspace(1.0, 1.25 * s, d // 2)
     np.testing.assert_allclose(freqs("longrope", s, {"factors": lambdas.tolist()}, g),
                                ref_theta(d, b) / lambdas, rtol=RTOL)
+
+
+@pytest.mark.parametrize("s", [2.0, 4.0, 16.0])
+def test_giraffe_power_basis_alone_by_default_as_its_training_script(s):
+    """Giraffe's script takes --scale-power or --scale-context, never both: the power basis divides
+    by no linear scale (the slowest pair of a 128-dim head slows 8x at p = 0.5, not 8s x);
+    ``linear_scale: true`` is the combination, theta_i / s * (1 - 2i/d)^p."""
+    g = LLAMA
+    d, b = g.head_dim, g.base
+    alone = freqs("giraffe_power", s, {}, g)
+    np.testing.assert_allclose(alone, ref_theta(d, b) * (1 - 2 * np.arange(d // 2) / d) ** 0.5, rtol=RTOL)
+    assert math.isclose(ref_theta(d, b)[-1] / alone[-1], 8.0, rel_tol=1e-5)
+    np.testing.assert_allclose(freqs("giraffe_power", s, {"linear_scale": True}, g), ref_giraffe(d, b, s, 0.5),
+                               rtol=RTOL)
 
 
 @pytest.mark.parametrize("g", [LLAMA, SMOL, SMALL], ids=["llama", "smollm2", "small"])
@@ -182,7 +196,9 @@ def _positions(n):
     ("dynamic_yarn", {"ramp": "paper"}, lambda g, s, n: (
         ref_yarn_paper(g.head_dim, g.base, g.original_context, max(1, n / g.original_context)),
         ref_yarn_mscale(max(1, n / g.original_context)))),
-    ("giraffe_power", {"power": 0.25}, lambda g, s, n: (ref_giraffe(g.head_dim, g.base, s, 0.25), 1.0)),
+    ("giraffe_power", {"power": 0.25}, lambda g, s, n: (ref_giraffe(g.head_dim, g.base, 1, 0.25), 1.0)),
+    ("giraffe_power", {"power": 0.25, "linear_scale": True},
+     lambda g, s, n: (ref_giraffe(g.head_dim, g.base, s, 0.25), 1.0)),
     ("giraffe_truncated", {}, lambda g, s, n: (ref_giraffe(g.head_dim, g.base, s, cutoff=g.original_context), 1.0)),
     ("longrope", {}, lambda g, s, n: (ref_pi(g.head_dim, g.base, s), ref_longrope_mscale(s, g.original_context))),
 ])
@@ -415,7 +431,7 @@ def test_property_static_methods(g, s):
         assert (f <= theta * (1 + RTOL)).all()
     for f in (ntk, yarn):
         assert (f >= theta / s * (1 - RTOL)).all() and (np.diff(f) <= 0).all()
-    np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.7}, g), ref_giraffe(d, b, s, 0.7), rtol=RTOL)
+    np.testing.assert_allclose(freqs("giraffe_power", s, {"power": 0.7}, g), ref_giraffe(d, b, 1, 0.7), rtol=RTOL)
     np.testing.assert_allclose(freqs("giraffe_truncated", s, {}, g), ref_giraffe(d, b, s, cutoff=L), rtol=RTOL)
 
 
@@ -463,6 +479,7 @@ def test_property_scale_one_is_identity(g, method):
     ("yarn", 2, {"alpha": 32, "beta": 1}, "beta (1.0) must be greater than alpha (32.0)"),
     ("yarn", 2, {"ramp": "smooth"}, "ramp must be 'paper' or 'code'"),
     ("giraffe_power", 2, {"power": -1}, "power (p) must be a number >= 0"),
+    ("giraffe_power", 2, {"linear_scale": "yes"}, "linear_scale must be true or false"),
     ("giraffe_truncated", 2, {"cutoff_length": 0}, "cutoff_length (T) must be a number > 0"),
     ("giraffe_truncated", 2, {"rho_divisor": 4}, "rho_divisor (4.0) must be >= a_divisor (8.0)"),
 ])

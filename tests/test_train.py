@@ -198,3 +198,21 @@ def test_finetune_length_trains_at_its_own_length_whatever_the_scale(tmp_path, a
     assert json.loads((tmp_path / "work" / "summary.json").read_text())["settings"]["seq_len"] == 24
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["rope_parameters"]["factor"] == 4.0
+
+
+def test_warmup_from_zero_is_the_hugging_face_trainers_schedule_giraffe_trained_with():
+    """Giraffe trains with Hugging Face's Trainer: linear warm-up from 0 (its first step at learning
+    rate 0), then linear decay to 0. ``warmup_from: 0`` gives that schedule; the default starts at
+    10% of the learning rate (PI)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from longctx.train.trainer import lr_lambda
+
+    steps, warmup = 1000, 300
+    reference = get_linear_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), warmup, steps)
+    ours = lr_lambda(TrainSettings.from_config({"steps": steps, "warmup_steps": warmup, "warmup_from": 0.0,
+                                                "schedule": "linear"}, seq_len=32, seed=0))
+    for step in (0, 1, 150, 299, 300, 301, 650, 999, 1000):
+        assert ours(step) == pytest.approx(reference.lr_lambdas[0](step), abs=1e-12)
+    pi = lr_lambda(settings(warmup_steps=20))
+    assert pi(0) == pytest.approx(0.1) and pi(20) == 1.0

@@ -21,6 +21,11 @@ def variant_name(method: str, scale, search: bool = False, finetune: bool = Fals
     return f"{method}-x{scale_text(scale)}" + ("-search" if search else "") + ("-ft" if finetune else "")
 
 
+def eval_scale_name(name: str, scale) -> str:
+    """``pi-x4-ft`` evaluated at scale 8 -> ``pi-x4-ft@x8`` (a valid wildcard and file name)."""
+    return f"{name}@x{scale_text(scale)}"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model variant: a RoPE method at a scale, maybe fine-tuned, maybe with searched factors."""
@@ -45,6 +50,9 @@ class Variant:
     # needle fitness and critical-dimension search, its mixed context window training)
     search_settings: dict = field(default_factory=dict)
     finetune_settings: dict = field(default_factory=dict)
+    # an evaluation-scale variant (config `eval_scales`): the scale its weights (`start`) were
+    # fine-tuned at; it evaluates them with its method at `scale` (Giraffe's evaluation scale)
+    trained_scale: float | None = None
 
     def target_length(self, original_context: int) -> int:
         """The length this variant extends to: scale x the original context."""
@@ -81,6 +89,9 @@ def variants(config: dict) -> list[Variant]:
         name = v["name"] or variant_name(v["method"], v["scale"], search, finetune)
         out.append(Variant(name, v["method"], float(v["scale"]), dict(v["params"]), finetune, search,
                            search_settings=overrides(v["search"]), finetune_settings=overrides(v["finetune"])))
+        for scale in v.get("eval_scales") or ():
+            out.append(Variant(eval_scale_name(name, scale), v["method"], float(scale), dict(v["params"]),
+                               finetune=False, search=False, start=name, trained_scale=float(v["scale"])))
     if config.get("progressive"):
         out += chain_variants(config, original_context(config))
     return out

@@ -12,7 +12,8 @@ from pathlib import Path
 from longctx.config import evaluations as plan
 from longctx.config import resources
 from longctx.config.experiment import (chain_name, chain_variants, eval_corpus, finetune_settings_for, original_context,
-                                       search_corpus, search_settings_for, short_corpus, train_corpus, variant_name,
+                                       eval_scale_name, search_corpus, search_settings_for, short_corpus, train_corpus,
+                                       variant_name,
                                        variants)
 from longctx.config.schema import ConfigError, deep_merge, read_config, validate_schema
 from longctx.rope import RopeMethodError, method_names
@@ -87,6 +88,9 @@ def _check_semantics(config: dict) -> None:
         if name in names or name == "base":
             raise ConfigError(f"config key '{where}.name': variant name {name!r} is used twice (or is reserved: base)")
         names.add(name)
+        for scale in v["eval_scales"]:
+            _check_eval_scale(v, scale, f"{where}.eval_scales")
+            names.add(eval_scale_name(name, scale))
     if config["progressive"]:
         for index, chain in enumerate(config["progressive"]):
             for section in ("search", "finetune"):
@@ -204,13 +208,23 @@ def _check_overrides(config: dict, section: str, override: dict, where: str) -> 
         raise ConfigError(str(e).replace(f"config key '{section}.", f"config key '{where}.", 1)) from None
 
 
+def _check_eval_scale(v: dict, scale, key: str) -> None:
+    """An evaluation scale re-applies a variant's method to its fine-tuned weights."""
+    if v["finetune"] is False or v["search"] is not False:
+        raise ConfigError(f"config key '{key}': an evaluation scale applies the method to the variant's fine-tuned "
+                          f"weights; it needs finetune and no search")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1 and scale != v["scale"]):
+        raise ConfigError(f"config key '{key}': each must be a number >= 1 other than the variant's scale "
+                          f"({v['scale']}), got {scale!r}")
+
+
 def _check_longrope2(config: dict) -> None:
     """LongRoPE2's switches where they cannot apply, named by the key that turned them on."""
     owner = {(x["name"] or variant_name(x["method"], x["scale"], x["search"] is not False, x["finetune"] is not False)):
              f"variants[{i}]" for i, x in enumerate(config["variants"])}
     chains = {chain_name(config, i): f"progressive[{i}]" for i in range(len(config["progressive"]))}
     for v in variants(config)[1:]:
-        own = chains[v.chain] if v.chain else owner[v.name]
+        own = chains[v.chain] if v.chain else owner.get(v.name, v.start)  # eval_scales: not fine-tuned
         if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.search_start or v.recovery_of):
             key = f"{own}.search" if "critical_dim" in v.search_settings else "search"
             raise ConfigError(f"config key '{key}.critical_dim.enabled': LongRoPE2's critical-dimension search is "

@@ -289,9 +289,9 @@ register_method(
 
 
 def giraffe_inv_freq(rope_parameters: dict, head_dim: int, seq_len=None):
-    """As abacusai/Long-Context ``ScaledLlamaRotaryEmbedding``: divide by the scale, then the power
-    basis theta_i * (1 - 2i/d)^p, then truncation at beta = 2 pi / T (keep >= beta; [beta/a, beta)
-    -> beta/rho; below beta/a -> 0)."""
+    """As abacusai/Long-Context ``ScaledLlamaRotaryEmbedding``: divide by ``factor`` (the linear
+    scale; 1 for the power basis alone), then the power basis theta_i * (1 - 2i/d)^p, then
+    truncation at beta = 2 pi / T (keep >= beta; [beta/a, beta) -> beta/rho; below beta/a -> 0)."""
     p = rope_parameters
     freq = _theta32(p["rope_theta"], head_dim)
     if p["factor"] > 1:
@@ -312,7 +312,11 @@ register_custom_type(CustomRopeType(name="longctx_giraffe", inv_freq=giraffe_inv
 
 
 def _build_giraffe(s: float, p: dict, g: RopeGeometry) -> dict:
-    out = {"rope_type": "longctx_giraffe", "factor": s, "power": float(p.get("power", 0.0))}
+    # Giraffe's training script takes --scale-power or --scale-context, not both: its power runs
+    # divide by no linear scale (s then only sets the target length, as for xpos). Truncation
+    # goes with --scale-context (abacusai/Long-Context python/train/finetune_context.py).
+    linear = p.get("linear_scale", True)
+    out = {"rope_type": "longctx_giraffe", "factor": s if linear else 1.0, "power": float(p.get("power", 0.0))}
     if "cutoff_length" in p:
         out.update(cutoff_length=float(p["cutoff_length"] or g.original_context),
                    a_divisor=float(p["a_divisor"]), rho_divisor=float(p["rho_divisor"]))
@@ -323,6 +327,8 @@ def _build_giraffe(s: float, p: dict, g: RopeGeometry) -> dict:
 def _validate_giraffe(s: float, p: dict, g: RopeGeometry) -> None:
     if "power" in p:
         _number(p["power"], "giraffe_power: power (p)", 0.0)
+    if not isinstance(p.get("linear_scale", True), bool):
+        raise RopeMethodError(f"giraffe_power: linear_scale must be true or false, got {p['linear_scale']!r}")
     if "cutoff_length" in p:
         if p["cutoff_length"] is not None:
             _number(p["cutoff_length"], "giraffe_truncated: cutoff_length (T)", 0.0, strict=True)
@@ -340,8 +346,9 @@ register_method(
         name="giraffe_power",
         build=_build_giraffe,
         validate=_validate_giraffe,
-        defaults={"power": 0.5},
-        description="Giraffe power basis (Pal et al. 2023): theta_i / s * (1 - 2i/d)^p",
+        defaults={"power": 0.5, "linear_scale": False},
+        description="Giraffe power basis (Pal et al. 2023): theta_i * (1 - 2i/d)^p, the scale only setting the "
+                    "target length; linear_scale: true divides by s as well (theta_i / s * (1 - 2i/d)^p)",
     )
 )
 

@@ -41,6 +41,7 @@ class TrainSettings:
     micro_batch_size: int = 1
     lr: float = 2e-5
     warmup_steps: int = 20
+    warmup_from: float = 0.1  # the warm-up's first learning rate, as a fraction of lr
     schedule: str = "constant"  # constant | linear | cosine
     betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.0

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 def lr_lambda(settings: TrainSettings):
     def f(step: int) -> float:
         if settings.warmup_steps and step < settings.warmup_steps:
-            # PI: warm-up from 10% of the learning rate
-            return 0.1 + 0.9 * step / settings.warmup_steps
+            # from warmup_from x lr (PI: 10%; Hugging Face's Trainer, Giraffe: 0) up to lr
+            return settings.warmup_from + (1 - settings.warmup_from) * step / settings.warmup_steps
         if settings.schedule == "constant":
             return 1.0
         progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
