@@ -111,6 +111,7 @@ def _check_semantics(config: dict) -> None:
     resources.check(config)
     _check_splits(config)
     _check_evaluation_lengths(config)
+    _check_task_finetunes(config)
     _check_local_files(config)
 
 
@@ -150,6 +151,21 @@ def _check_evaluation_lengths(config: dict) -> None:
             raise ConfigError(f"config key 'evaluate.{plan.section_of(name)}': length {short[0]} is below what "
                               f"{name} needs (at least {fewest} tokens for its prompt and answer); evaluate it at "
                               f"longer lengths (its `lengths`, or evaluate.lengths)")
+
+
+def _check_task_finetunes(config: dict) -> None:
+    """The variants a task fine-tune names exist; an instruction fine-tune has its conversations."""
+    instruct = config["instruct"]
+    names = [v.name for v in variants({**config, "instruct": {}})]
+    for key, chosen in (("evaluate.govreport.finetune.variants", config["evaluate"]["govreport"]["finetune"]["variants"]),
+                        ("instruct.variants", instruct["variants"])):
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise ConfigError(f"config key '{key}': no variant named {', '.join(map(repr, unknown))} "
+                              f"(variants: {', '.join(names)})")
+    if instruct["variants"] and not instruct["dataset"]["path"]:
+        raise ConfigError("config key 'instruct.dataset.path': instruct.variants are named but no conversations "
+                          "are given (a hub dataset id, a local folder or a .json/.jsonl file)")
 
 
 def _check_local_files(config: dict) -> None:
