@@ -168,8 +168,9 @@ def task_finetune(*, task: str, model: Path, out: Path, variant: Variant, settin
     ts = TrainSettings.from_config({**settings, "steps": steps}, seq_len=length, seed=run.seed)
     loaded = extended_model(model, variant, factors, device="cpu", as_saved=variant.finetune)
     out = Path(out)
-    with tracking.job(run, f"finetune-{task}", variant, length, dataset.get("path", task), examples=len(examples),
-                      **settings) as tracker:
+    logged = {k: v for k, v in settings.items() if k != "length"}  # the run's length is `length`
+    with tracking.job(run, f"finetune-{task}", variant, length, Path(dataset["path"]).name, examples=len(examples),
+                      **logged) as tracker:
         summary = train(loaded, None, ts, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker,
                         device=pick_device(device).type, base_model_path=model, examples=examples)
         tracker.summary({"final_loss": summary["final_loss"], "examples": len(examples)})

@@ -96,9 +96,9 @@ def instruct_variants(config: dict, variants: list[Variant]) -> list[Variant]:
     by_name = {v.name: v for v in variants}
     out = []
     for name in section.get("variants") or []:
-        if name not in by_name:
-            raise ValueError(f"config key 'instruct.variants': no variant {name!r} (variants: {', '.join(by_name)})")
-        v = by_name[name]
+        v = by_name.get(name)
+        if v is None:  # named by the config check (config key instruct.variants)
+            continue
         out.append(Variant(name + IFT_SUFFIX, v.method, v.scale, dict(v.params), finetune=False, search=False,
                            instruct_of=name))
     return out

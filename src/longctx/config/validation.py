@@ -208,6 +208,8 @@ def _check_longrope2(config: dict) -> None:
              f"variants[{i}]" for i, x in enumerate(config["variants"])}
     chains = {chain_name(config, i): f"progressive[{i}]" for i in range(len(config["progressive"]))}
     for v in variants(config)[1:]:
+        if v.instruct_of:  # trained by the instruct section, not by finetune settings of its own
+            continue
         own = chains[v.chain] if v.chain else owner[v.name]
         if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.start or v.recovery_of):
             key = f"{own}.search" if "critical_dim" in v.search_settings else "search"
