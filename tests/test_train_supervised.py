@@ -137,3 +137,7 @@ def test_task_finetune_config_errors_name_the_key():
         load_config(REPO / "config.yaml", {"instruct": {"variants": ["pi-x4"]}})
     with pytest.raises(ConfigError, match=r"evaluate\.govreport\.finetune\.variants': no variant named 'pi-x9'"):
         load_config(REPO / "config.yaml", {"evaluate": {"govreport": {"finetune": {"variants": ["pi-x9"]}}}})
+    # the embedded default's micro_batch_size (8) does not divide a task's batch of 2
+    with pytest.raises(ConfigError, match=r"instruct\.batch_size': 2 \(for pi-x4\) is not a multiple"):
+        load_config(REPO / "config.yaml", {"instruct": {"variants": ["pi-x4"], "dataset": {"path": "c.jsonl"},
+                                                        "batch_size": 2}})

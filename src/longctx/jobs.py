@@ -5,6 +5,9 @@ signatures (``longctx.cli``), so a job's arguments are declared once, here: addi
 keyword parameter (and the rule passing it). Structured arguments arrive rebuilt: ``variant`` is a
 ``Variant``, ``run`` a ``RunInfo`` (the experiment's facts every job logs: name, model, original
 context L, seed). Each job is usable from Python too.
+
+Why one module (over 400 lines): the command line is generated from the functions in ``JOBS``, and
+this is the one layer that ties config, engines and tracking; one file lists every rule's entry point.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 from longctx.config import evaluations as plan
 from longctx.config import resources
 from longctx.config.experiment import (chain_name, chain_variants, eval_corpus, finetune_settings_for, original_context,
-                                       search_corpus, search_settings_for, short_corpus, train_corpus, variant_name,
-                                       variants)
+                                       search_corpus, search_settings_for, short_corpus, task_settings, train_corpus,
+                                       variant_name, variants)
 from longctx.config.schema import ConfigError, deep_merge, read_config, validate_schema
 from longctx.rope import RopeMethodError, method_names
 from longctx.rope.registry import length_at, resolve_params
@@ -163,6 +163,14 @@ def _check_task_finetunes(config: dict) -> None:
         if unknown:
             raise ConfigError(f"config key '{key}': no variant named {', '.join(map(repr, unknown))} "
                               f"(variants: {', '.join(names)})")
+    by_name = {v.name: v for v in variants(config)}
+    for key, task in (("evaluate.govreport.finetune", config["evaluate"]["govreport"]["finetune"]),
+                      ("instruct", instruct)):
+        for name in task["variants"]:
+            s = task_settings(config, by_name[name], task)
+            if s["batch_size"] % s["micro_batch_size"]:
+                raise ConfigError(f"config key '{key}.batch_size': {s['batch_size']} (for {name}) is not a multiple "
+                                  f"of its micro_batch_size {s['micro_batch_size']}; set {key}.micro_batch_size")
     if instruct["variants"] and not instruct["dataset"]["path"]:
         raise ConfigError("config key 'instruct.dataset.path': instruct.variants are named but no conversations "
                           "are given (a hub dataset id, a local folder or a .json/.jsonl file)")
