@@ -153,7 +153,8 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 
 
 def task_finetune(*, task: str, model: Path, out: Path, variant: Variant, settings: dict, dataset: dict,
-                  run: RunInfo, device: str = "auto", factors: Path | None = None, work_dir: Path | None = None) -> None:
+                  run: RunInfo, device: str = "auto", factors: Path | None = None,
+                  work_dir: Path | None = None) -> None:
     """Supervised fine-tuning of ``variant``'s weights on (prompt, response) examples, the loss on the
     responses (``longctx.train.supervised``): ``govreport``, PI's fine-tune on GovReport's train split
     before ROUGE (``dataset``: ``longctx.evaluate.govreport.load_rows``'s arguments); ``instruct``,
@@ -352,8 +353,8 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
     """Several evaluations of one variant in one process (``evaluate.one_job_per: variant``): ``plan``
     lists, per evaluation, its ``evaluation`` name, ``lengths``, ``outs`` (one JSON per length),
     ``settings``, ``reads_data`` (whether it reads the token files at ``data``) and maybe ``model`` (a
-    task fine-tune of the variant's weights it reads instead). Each model loads once; each result is fingerprinted and kept as ``evaluate`` does, so a result made in one job
-    grouping is kept under another."""
+    task fine-tune of the variant's weights it reads instead). Each model loads once; each result is
+    fingerprinted and kept as ``evaluate`` does, so a result made in one job grouping is kept under another."""
     from longctx import provenance
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
@@ -457,4 +458,5 @@ def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None)
     side_by_side(summaries, out_md, out_csv)
 
 
-JOBS = (tokenizer, prepare, base_model, finetune, task_finetune, search, recovery, evaluate, evaluate_variant, report, compare)
+JOBS = (tokenizer, prepare, base_model, finetune, task_finetune, search, recovery, evaluate, evaluate_variant, report,
+        compare)

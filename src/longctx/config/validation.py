@@ -157,7 +157,8 @@ def _check_task_finetunes(config: dict) -> None:
     """The variants a task fine-tune names exist; an instruction fine-tune has its conversations."""
     instruct = config["instruct"]
     names = [v.name for v in variants({**config, "instruct": {}})]
-    for key, chosen in (("evaluate.govreport.finetune.variants", config["evaluate"]["govreport"]["finetune"]["variants"]),
+    govreport = config["evaluate"]["govreport"]["finetune"]
+    for key, chosen in (("evaluate.govreport.finetune.variants", govreport["variants"]),
                         ("instruct.variants", instruct["variants"])):
         unknown = sorted(set(chosen) - set(names))
         if unknown:

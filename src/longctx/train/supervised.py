@@ -128,7 +128,8 @@ def conversation_example(tokenizer, turns: list[tuple[str, str]], max_length: in
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
-def conversation_examples(tokenizer, rows: list[dict], field: str, max_length: int, template: str = "auto") -> list[dict]:
+def conversation_examples(tokenizer, rows: list[dict], field: str, max_length: int,
+                          template: str = "auto") -> list[dict]:
     """Examples of the rows' conversations; a row with no assistant token left in ``max_length`` is dropped."""
     examples = [conversation_example(tokenizer, turns_of(r, field), max_length, template) for r in rows]
     kept = [e for e in examples if any(t != IGNORE for t in e["labels"])]
