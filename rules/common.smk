@@ -80,8 +80,21 @@ def variant_dict(name):
 
 
 def model_dir(name):
-    """The weights a variant runs on: its fine-tuned folder, or those it starts from."""
-    return f"{R}/models/{name}" if VARIANTS[name].finetune else start_dir(name)
+    """The weights a variant runs on: its fine-tuned (or instruction-tuned) folder, or those it starts from."""
+    v = VARIANTS[name]
+    return f"{R}/models/{name}" if v.finetune or v.instruct_of else start_dir(name)
+
+
+# task fine-tunes (rules/finetune.smk): PI's GovReport fine-tune of the variants it names, read by
+# their GovReport evaluation only; Giraffe's instruction-tuned variants (<variant>-ift)
+GOVREPORT = config["evaluate"]["govreport"]
+TASK_TUNED = {"govreport": list(GOVREPORT["finetune"]["variants"])}
+INSTRUCTED = [n for n, v in VARIANTS.items() if v.instruct_of]
+
+
+def task_model_dir(variant, evaluation):
+    """The weights an evaluation of a variant reads when they are fine-tuned for it, else None."""
+    return f"{R}/task_models/{evaluation}/{variant}" if variant in TASK_TUNED.get(evaluation, ()) else None
 
 
 def start_dir(name):
@@ -199,7 +212,9 @@ def variant_eval_plans():
     for name in VARIANTS:
         plans[name] = [{"evaluation": e, "lengths": EVAL_LENGTHS[e], "settings": EVAL_SETTINGS[e],
                         "outs": [eval_json(name, e, n) for n in EVAL_LENGTHS[e]],
-                        "reads_data": e in READS_TOKENS} for e in EVALS if name in EVAL_VARIANTS[e]]
+                        "reads_data": e in READS_TOKENS,
+                        **({"model": task_model_dir(name, e)} if task_model_dir(name, e) else {})}
+                       for e in EVALS if name in EVAL_VARIANTS[e]]
     return {name: plan for name, plan in plans.items() if plan}
 
 
@@ -208,6 +223,8 @@ def eval_inputs(w, name=None):
     evaluation reads them (``name``: the evaluation, else the ``eval`` wildcard)."""
     name = name or w.eval
     inputs = {"model": model_dir(w.variant), "factors": factors_file(w.variant)}
+    if task_model_dir(w.variant, name):
+        inputs["task_model"] = task_model_dir(w.variant, name)
     if name in READS_TOKENS:
         inputs["data"] = token_files(PPL_CORPUS, PPL["split"])
     return inputs

@@ -7,7 +7,8 @@
 EVAL_SHELL = (
     "{params.launch} evaluate --evaluation {params.evaluation:q} --model {input.model:q} "
     "--variant {params.variant} --lengths {params.lengths:q} --outs {output:q} --settings {params.settings} "
-    "--run {params.run} --device {params.device:q} {params.data:q} {params.factors:q} > {log:q} 2>&1"
+    "--run {params.run} --device {params.device:q} {params.data:q} {params.factors:q} {params.task_model:q} "
+    "> {log:q} 2>&1"
 )
 
 
@@ -27,6 +28,7 @@ if config["evaluate"]["one_job_per"] == "length":
             settings=lambda w: q(EVAL_SETTINGS[w.eval]),
             data=lambda w: option("--data", eval_data_prefix(w.eval)),
             factors=lambda w: option("--factors", factors_file(w.variant)),
+            task_model=lambda w: option("--task-model", task_model_dir(w.variant, w.eval)),
             run=q(RUN),
             device=config["device"],
             launch=launcher(data_parallel=False),
@@ -61,6 +63,7 @@ elif config["evaluate"]["one_job_per"] == "evaluation":
                 settings=q(EVAL_SETTINGS[EVAL]),
                 data=option("--data", eval_data_prefix(EVAL)),
                 factors=lambda w: option("--factors", factors_file(w.variant)),
+                task_model=lambda w, name=EVAL: option("--task-model", task_model_dir(w.variant, name)),
                 run=q(RUN),
                 device=config["device"],
                 launch=launcher(data_parallel=False),
@@ -87,6 +90,7 @@ else:
                 model=model_dir(VARIANT),
                 factors=factors_file(VARIANT),
                 data=token_files(PPL_CORPUS, PPL["split"]) if READS_DATA else [],
+                task_models=[p["model"] for p in PLAN if p.get("model")],
             output:
                 [update(out) for p in PLAN for out in p["outs"]],
             params:

@@ -4,7 +4,7 @@ import pytest
 
 from longctx.data import load_tokenizer
 from longctx.evaluate import EVALUATIONS, EvaluationError
-from longctx.evaluate.wikiqa import answer_position, load_rows, parse_row, score, split_for
+from longctx.evaluate.wikiqa import answer_position, load_rows, parse_row, prompt_text, score, split_for
 
 from conftest import REPO, tiny_llama
 
@@ -72,3 +72,19 @@ def test_wikiqa_runs_end_to_end(austen_tokenizer, task):
     kept = EVALUATIONS[f"wikiqa_{task}"](model, tokenizer, 4096, hub_path=COPIES[task], max_new_tokens=1,
                                          max_prompt_tokens=longest)
     assert kept["skipped_too_long"] == 0
+
+
+def test_vicuna_prompt_format_is_the_user_turn_of_giraffes_template(austen_tokenizer):
+    prompt, _ = parse_row(load_rows(COPIES["ffqa"], "2k", limit=1)[0])
+    assert prompt_text(prompt, "plain", "{prompt}\nAnswer:") == prompt + "\nAnswer:"
+    assert prompt_text(prompt, "vicuna") == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        f"detailed, and polite answers to the user's questions. USER: {prompt} ASSISTANT:")
+    # the evaluation reads it: the vicuna prompts are longer by the template's tokens
+    tokenizer = load_tokenizer(austen_tokenizer)
+    model = tiny_llama(vocab_size=len(tokenizer), context=256)
+    run = {fmt: EVALUATIONS["wikiqa_ffqa"](model, tokenizer, 2048, hub_path=COPIES["ffqa"], max_new_tokens=1,
+                                          max_examples=1, prompt_template="{prompt}", prompt_format=fmt)
+           for fmt in ("plain", "vicuna")}
+    extra = len(tokenizer(prompt_text("", "vicuna"), add_special_tokens=False)["input_ids"])
+    assert run["vicuna"]["examples"][0]["prompt_tokens"] - run["plain"]["examples"][0]["prompt_tokens"] >= extra - 2

@@ -137,6 +137,14 @@ def test_pi_llama7b_pi_and_direct_finetuning_at_8k_16k_32k(dry_runs):
     # passkey k_max grid: 32 lengths evenly spaced up to 32768; GovReport at 16k; short benchmarks at 2k
     assert len(evals[("pi-x4-ft", "passkey")]) == 32 and evals[("pi-x4-ft", "passkey")][-1] == 32768
     assert evals[("pi-x8-ft", "govreport")] == [16384]
+    # PI Table 5: GovReport scores PI-16384 only, after 10 epochs on the train split at 16384; the
+    # evaluation reads that fine-tune, the model's other evaluations its own weights
+    assert {v for v, e in evals if e == "govreport"} == {"pi-x8-ft"}
+    assert [j["wildcards"]["variant"] for j in by_rule(jobs, "finetune_govreport")] == ["pi-x8-ft"]
+    reads = {i for j in jobs if j["rule"].startswith("evaluate") for i in j["input"]}
+    assert "results/pi-llama7b/task_models/govreport/pi-x8-ft" in reads
+    govreport = load_config(CONFIGS["pi"])["evaluate"]["govreport"]["finetune"]
+    assert (govreport["epochs"], govreport["length"], govreport["split"]) == (10, 16384, "train")
     assert evals[("none-x16-ft", "harness")] == [2048]
     config = load_config(CONFIGS["pi"])
     ppl = config["evaluate"]["perplexity"]

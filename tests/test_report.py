@@ -345,3 +345,12 @@ def test_ruler_gets_its_per_task_tables_and_each_variants_effective_length_with_
     assert rows["| longrope-x4-search"].endswith("| [0](eval/longrope-x4-search/ruler-2048.json) |")
     assert "stays at or above 85.6" in text and "| variant | method | scale | stage | 2048 | 4096 | 8192 | effective length |" in text
     assert "**niah_single_1**" in text and "**vt**" in text  # per-task tables by length
+
+
+def test_giraffes_ift_numbers_match_the_instruction_tuned_variant_only():
+    """Giraffe's WikiQA row is of a linear x4 model fine-tuned then instruction-tuned (IFT)."""
+    giraffe = Setting("meta-llama/Llama-2-13b-hf", {"wikiqa_ffqa": ["abacusai/WikiQA-Free_Form_QA"]})
+    tuned = {"name": "pi-x4-ft", "method": "pi", "scale": 4.0, "finetune": True, "search": False}
+    ift = {**tuned, "name": "pi-x4-ft-ift", "finetune": False, "instruct_of": "pi-x4-ft"}
+    assert [r.label for r in matches(giraffe, ift, "wikiqa_ffqa", "accuracy", [4096])] == ["linear scale 4, IFT"]
+    assert not matches(giraffe, tuned, "wikiqa_ffqa", "accuracy", [4096])

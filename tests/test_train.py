@@ -216,3 +216,47 @@ def test_warmup_from_zero_is_the_hugging_face_trainers_schedule_giraffe_trained_
         assert ours(step) == pytest.approx(reference.lr_lambdas[0](step), abs=1e-12)
     pi = lr_lambda(settings(warmup_steps=20))
     assert pi(0) == pytest.approx(0.1) and pi(20) == 1.0
+
+
+def supervised_examples(n=6, vocab=96, seed=1):
+    """(prompt, response) examples: random prompts of varied length, the same 4-token response."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prompt = rng.integers(3, vocab, size=int(rng.integers(5, 20))).tolist()
+        response = [5, 6, 7, 8]
+        out.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response})
+    return out
+
+
+def test_a_supervised_batch_is_scored_on_its_labelled_tokens_only():
+    from longctx.models.loss import causal_lm_nll
+    from longctx.train.supervised import ExampleSequences
+
+    model = tiny_llama()
+    batch = ExampleSequences(supervised_examples(), seed=0).packed(0, 2)
+    assert batch.input_ids.shape == batch.labels.shape and (batch.labels != -100).sum() == 8
+    loss, _ = train_loss.LossModule(model, chunk_size=16, backend="sdpa")(batch.input_ids, batch.segments,
+                                                                          labels=batch.labels)
+    nll, count = causal_lm_nll(model, batch.input_ids, labels=batch.labels)
+    assert count == 8 and torch.allclose(loss, nll / count)  # the prompts and the padding are not scored
+
+
+def test_supervised_examples_resume_from_their_checkpoint_and_only_theirs(tmp_path):
+    examples = supervised_examples()
+    s = settings(steps=8, checkpoint_every=3)
+    train(tiny_llama(), None, s, tmp_path / "straight", tmp_path / "work_a", examples=examples)
+    assert losses(tmp_path / "work_a")[-1] < losses(tmp_path / "work_a")[0]
+
+    with killed_after_checkpoint(6):
+        train(tiny_llama(), None, s, tmp_path / "resumed", tmp_path / "work_b", examples=examples)
+    train(tiny_llama(), None, s, tmp_path / "resumed", tmp_path / "work_b", examples=examples)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # other examples: the checkpoint (a fingerprint of the examples) is set aside, the run starts over
+    with killed_after_checkpoint(6):
+        train(tiny_llama(), None, s, tmp_path / "other", tmp_path / "work_c", examples=examples)
+    train(tiny_llama(), None, s, tmp_path / "other", tmp_path / "work_c", examples=supervised_examples(seed=2))
+    assert [p.name for p in (tmp_path / "work_c").glob("checkpoint.set-aside-*")]

@@ -232,3 +232,15 @@ class TokenFile:
     def documents_at_least(self, length: int) -> list[int]:
         """Indices of documents with at least ``length`` tokens."""
         return [i for i, (a, b) in enumerate(self.bounds) if b - a >= length]
+
+
+# --- the Vicuna v1.1 conversation template (FastChat's ``vicuna_v1.1``), shared by instruction
+# fine-tuning (longctx.train.supervised) and the prompts of Giraffe's evaluations (Pal et al. 2023) ---
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def vicuna_prompt(user: str, system: str = VICUNA_SYSTEM) -> str:
+    """One user turn and the cue for the assistant's answer: ``<system> USER: <user> ASSISTANT:``."""
+    return f"{system} USER: {user} ASSISTANT:"

@@ -5,6 +5,9 @@ signatures (``longctx.cli``), so a job's arguments are declared once, here: addi
 keyword parameter (and the rule passing it). Structured arguments arrive rebuilt: ``variant`` is a
 ``Variant``, ``run`` a ``RunInfo`` (the experiment's facts every job logs: name, model, original
 context L, seed). Each job is usable from Python too.
+
+Why one module (over 400 lines): the command line is generated from the functions in ``JOBS``, and
+this is the one layer that ties config, engines and tracking; one file lists every rule's entry point.
 """
 
 from __future__ import annotations
@@ -154,6 +157,53 @@ def finetune(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
         tracker.summary({"final_loss": summary["final_loss"]})
     if int(os.environ.get("RANK", "0")) == 0:  # the main process of a multi-process run writes it once
         load_tokenizer(model).save_pretrained(out)
+
+
+def task_finetune(*, task: str, model: Path, out: Path, variant: Variant, settings: dict, dataset: dict,
+                  run: RunInfo, device: str = "auto", factors: Path | None = None,
+                  work_dir: Path | None = None) -> None:
+    """Supervised fine-tuning of ``variant``'s weights on (prompt, response) examples, the loss on the
+    responses (``longctx.train.supervised``): ``govreport``, PI's fine-tune on GovReport's train split
+    before ROUGE (``dataset``: ``longctx.evaluate.govreport.load_rows``'s arguments); ``instruct``,
+    Giraffe's instruction fine-tune on conversations (``dataset``: the ``instruct.dataset`` section).
+    ``settings``: the training settings with ``epochs`` and ``length`` (``longctx.config.task_settings``)."""
+    from longctx.data import load_tokenizer
+    from longctx.models import pick_device
+    from longctx.train import TrainSettings, train
+    from longctx.train.supervised import steps_for
+
+    tok = load_tokenizer(model)
+    length = settings["length"] or variant.target_length(run.original_context)
+    examples = _task_examples(task, tok, dataset, length)  # the data's errors before the model loads
+    steps = steps_for(len(examples), settings["epochs"], settings["batch_size"])
+    ts = TrainSettings.from_config({**settings, "steps": steps}, seq_len=length, seed=run.seed)
+    loaded = extended_model(model, variant, factors, device="cpu", as_saved=variant.finetune)
+    out = Path(out)
+    logged = {k: v for k, v in settings.items() if k != "length"}  # the run's length is `length`
+    with tracking.job(run, f"finetune-{task}", variant, length, Path(dataset["path"]).name, examples=len(examples),
+                      **logged) as tracker:
+        summary = train(loaded, None, ts, out, work_dir or out.with_name(out.name + ".work"), tracker=tracker,
+                        device=pick_device(device).type, base_model_path=model, examples=examples)
+        tracker.summary({"final_loss": summary["final_loss"], "examples": len(examples)})
+    if int(os.environ.get("RANK", "0")) == 0:
+        tok.save_pretrained(out)
+
+
+def _task_examples(task: str, tok, dataset: dict, length: int) -> list[dict]:
+    if task == "govreport":
+        from longctx.evaluate.govreport import finetune_examples, load_rows
+
+        d = dataset
+        rows = load_rows(d["path"], d["name"], d["split"], d["revision"], d["max_examples"], d["text_field"],
+                         d["summary_field"])
+        return finetune_examples(tok, rows, max_length=length, max_document_tokens=d["max_document_tokens"])
+    if task == "instruct":
+        from longctx.train.supervised import conversation_examples, load_conversations
+
+        d = dataset
+        rows = load_conversations(d["path"], d["name"], d["split"], d["revision"], d["max_examples"])
+        return conversation_examples(tok, rows, d["field"], max_length=length, template=d["template"])
+    raise ValueError(f"task_finetune: unknown task {task!r} (govreport, instruct)")
 
 
 # --- LongRoPE search ------------------------------------------------------------------------------
@@ -308,15 +358,16 @@ def recovery(*, model: Path, data: Path, out: Path, variant: Variant, settings: 
 
 def evaluate(*, evaluation: str, model: Path, variant: Variant, lengths: list[int], outs: list[Path],
              settings: dict, run: RunInfo, device: str = "auto", data: Path | None = None,
-             factors: Path | None = None) -> None:
-    """One evaluation of one variant at each of ``lengths``, one JSON each (``outs``, in the same order).
+             factors: Path | None = None, task_model: Path | None = None) -> None:
+    """One evaluation of one variant at each of ``lengths``, one JSON each (``outs``, in the same order);
+    ``task_model``: the variant's weights fine-tuned for this evaluation (PI's GovReport), read instead.
 
     The model loads once for all lengths. Each result records the fingerprint of what made it (the
     extended model - weights and RoPE -, the settings, the data, the seed, the length); a result
     already on disk with the same fingerprint is kept, not recomputed, so one job can serve several
     lengths and still recompute only what changed. Non-finite metrics are recorded as diverged."""
     plan = [{"evaluation": evaluation, "lengths": lengths, "outs": outs, "settings": settings,
-             "reads_data": data is not None}]
+             "reads_data": data is not None, **({"model": task_model} if task_model else {})}]
     evaluate_variant(model=model, variant=variant, plan=plan, run=run, device=device, data=data, factors=factors)
 
 
@@ -324,9 +375,9 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
                      data: Path | None = None, factors: Path | None = None) -> None:
     """Several evaluations of one variant in one process (``evaluate.one_job_per: variant``): ``plan``
     lists, per evaluation, its ``evaluation`` name, ``lengths``, ``outs`` (one JSON per length),
-    ``settings`` and ``reads_data`` (whether it reads the token files at ``data``). The model loads
-    once; each result is fingerprinted and kept as ``evaluate`` does, so a result made in one job
-    grouping is kept under another."""
+    ``settings``, ``reads_data`` (whether it reads the token files at ``data``) and maybe ``model`` (a
+    task fine-tune of the variant's weights it reads instead). Each model loads once; each result is
+    fingerprinted and kept as ``evaluate`` does, so a result made in one job grouping is kept under another."""
     from longctx import provenance
     from longctx.data import load_tokenizer
     from longctx.evaluate import EVALUATIONS, EvaluationError
@@ -340,12 +391,22 @@ def evaluate_variant(*, model: Path, variant: Variant, plan: list, run: RunInfo,
                                   f"{len(item['outs'])} output files")
         if item.get("reads_data") and data is None:
             raise EvaluationError(f"evaluate {item['evaluation']}: it reads token files, but no --data was given")
-    # a fine-tuned variant's folder carries the RoPE it was trained with (and its length switch)
-    loaded = extended_model(model, variant, factors, device=pick_device(device), as_saved=variant.finetune,
-                            length=_longest_sequence(plan), sliding_window=run.sliding_window)
     tok = load_tokenizer(model)
-    model_digest = provenance.model_digest(loaded)
     data_digest = provenance.token_file_digest(data) if data is not None else None
+    for folder in dict.fromkeys(str(item.get("model") or model) for item in plan):
+        # a fine-tuned folder carries the RoPE it was trained with (and its length switch)
+        trained = variant.finetune or variant.instruct_of is not None or folder != str(model)
+        items = [i for i in plan if str(i.get("model") or model) == folder]
+        loaded = extended_model(folder, variant, factors, device=pick_device(device), as_saved=trained,
+                                length=_longest_sequence(items), sliding_window=run.sliding_window)
+        _evaluate_items(loaded, tok, variant, items, run, data, data_digest)
+        del loaded
+
+
+def _evaluate_items(loaded, tok, variant: Variant, plan: list, run: RunInfo, data, data_digest) -> None:
+    from longctx import provenance
+
+    model_digest = provenance.model_digest(loaded)
     for item in plan:
         evaluation, settings = item["evaluation"], item["settings"]
         item_data = data if item.get("reads_data") else None
@@ -431,4 +492,5 @@ def compare(*, summaries: list[Path], out_md: Path, out_csv: Path | None = None)
     side_by_side(summaries, out_md, out_csv)
 
 
-JOBS = (tokenizer, prepare, base_model, finetune, search, recovery, evaluate, evaluate_variant, report, compare)
+JOBS = (tokenizer, prepare, base_model, finetune, task_finetune, search, recovery, evaluate, evaluate_variant, report,
+        compare)

@@ -22,6 +22,8 @@ from longctx.config.experiment import (  # noqa: F401
     eval_corpus,
     eval_lengths,
     finetune_settings_for,
+    instruct_variants,
+    task_settings,
     first_corpus,
     original_context,
     scale_text,

@@ -53,6 +53,8 @@ class Variant:
     # an evaluation-scale variant (config `eval_scales`): the scale its weights (`start`) were
     # fine-tuned at; it evaluates them with its method at `scale` (Giraffe's evaluation scale)
     trained_scale: float | None = None
+    # an instruction-tuned variant (config ``instruct``, Giraffe): the variant whose weights it tunes
+    instruct_of: str | None = None
 
     def target_length(self, original_context: int) -> int:
         """The length this variant extends to: scale x the original context."""
@@ -94,7 +96,35 @@ def variants(config: dict) -> list[Variant]:
                                finetune=False, search=False, start=name, trained_scale=float(v["scale"])))
     if config.get("progressive"):
         out += chain_variants(config, original_context(config))
+    return out + instruct_variants(config, out)
+
+
+IFT_SUFFIX = "-ift"
+
+
+def instruct_variants(config: dict, variants: list[Variant]) -> list[Variant]:
+    """``<variant>-ift`` for each variant ``instruct.variants`` names (Giraffe's instruction
+    fine-tune): the same RoPE, its own weights (the source's, tuned on conversations), evaluated
+    and reported as a variant of its own."""
+    section = config.get("instruct") or {}
+    by_name = {v.name: v for v in variants}
+    out = []
+    for name in section.get("variants") or []:
+        v = by_name.get(name)
+        if v is None:  # named by the config check (config key instruct.variants)
+            continue
+        out.append(Variant(name + IFT_SUFFIX, v.method, v.scale, dict(v.params), finetune=False, search=False,
+                           instruct_of=name))
     return out
+
+
+def task_settings(config: dict, variant: Variant, task: dict) -> dict:
+    """The training settings of a task fine-tune (``evaluate.govreport.finetune``, ``instruct``) of a
+    variant: the variant's ``finetune`` settings, then the task's own where set (null: inherited)."""
+    own = {k: v for k, v in task.items() if k not in ("variants", "dataset", "template", "split", "max_examples")
+           and v is not None}
+    base = {k: v for k, v in finetune_settings_for(config, variant).items() if k not in ("length", "steps")}
+    return deep_merge(base, {"length": None, **own})
 
 
 def overrides(value) -> dict:

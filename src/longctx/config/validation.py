@@ -11,10 +11,9 @@ from pathlib import Path
 
 from longctx.config import evaluations as plan
 from longctx.config import resources
-from longctx.config.experiment import (chain_name, chain_variants, eval_corpus, finetune_settings_for, original_context,
-                                       eval_scale_name, search_corpus, search_settings_for, short_corpus, train_corpus,
-                                       variant_name,
-                                       variants)
+from longctx.config.experiment import (chain_name, chain_variants, eval_corpus, eval_scale_name, finetune_settings_for,
+                                       original_context, search_corpus, search_settings_for, short_corpus,
+                                       task_settings, train_corpus, variant_name, variants)
 from longctx.config.schema import ConfigError, deep_merge, read_config, validate_schema
 from longctx.rope import RopeMethodError, method_names
 from longctx.rope.registry import length_at, resolve_params
@@ -116,6 +115,7 @@ def _check_semantics(config: dict) -> None:
     _check_splits(config)
     _check_evaluation_lengths(config)
     _check_perplexity_documents(config)
+    _check_task_finetunes(config)
     _check_local_files(config)
 
 
@@ -174,6 +174,30 @@ def _check_perplexity_documents(config: dict) -> None:
                           f"evaluate perplexity at shorter lengths)")
 
 
+def _check_task_finetunes(config: dict) -> None:
+    """The variants a task fine-tune names exist; an instruction fine-tune has its conversations."""
+    instruct = config["instruct"]
+    names = [v.name for v in variants({**config, "instruct": {}})]
+    govreport = config["evaluate"]["govreport"]["finetune"]
+    for key, chosen in (("evaluate.govreport.finetune.variants", govreport["variants"]),
+                        ("instruct.variants", instruct["variants"])):
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise ConfigError(f"config key '{key}': no variant named {', '.join(map(repr, unknown))} "
+                              f"(variants: {', '.join(names)})")
+    by_name = {v.name: v for v in variants(config)}
+    for key, task in (("evaluate.govreport.finetune", config["evaluate"]["govreport"]["finetune"]),
+                      ("instruct", instruct)):
+        for name in task["variants"]:
+            s = task_settings(config, by_name[name], task)
+            if s["batch_size"] % s["micro_batch_size"]:
+                raise ConfigError(f"config key '{key}.batch_size': {s['batch_size']} (for {name}) is not a multiple "
+                                  f"of its micro_batch_size {s['micro_batch_size']}; set {key}.micro_batch_size")
+    if instruct["variants"] and not instruct["dataset"]["path"]:
+        raise ConfigError("config key 'instruct.dataset.path': instruct.variants are named but no conversations "
+                          "are given (a hub dataset id, a local folder or a .json/.jsonl file)")
+
+
 def _check_local_files(config: dict) -> None:
     """Local corpora exist (paths relative to the working directory). A missing model file or folder
     (gguf, local) is named by Snakemake itself, before any job: it is an input of the rules that read it."""
@@ -224,6 +248,8 @@ def _check_longrope2(config: dict) -> None:
              f"variants[{i}]" for i, x in enumerate(config["variants"])}
     chains = {chain_name(config, i): f"progressive[{i}]" for i in range(len(config["progressive"]))}
     for v in variants(config)[1:]:
+        if v.instruct_of:  # trained by the instruct section, not by finetune settings of its own
+            continue
         own = chains[v.chain] if v.chain else owner.get(v.name, v.start)  # eval_scales: not fine-tuned
         if v.search and search_settings_for(config, v)["critical_dim"]["enabled"] and (v.search_start or v.recovery_of):
             key = f"{own}.search" if "critical_dim" in v.search_settings else "search"

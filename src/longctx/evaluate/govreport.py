@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from longctx.evaluate.prompts import answer_prompts, encode
-from longctx.evaluate.registry import EvaluationError, register
+from longctx.evaluate.registry import EvaluationError, plain_settings, register
 
 HUB_PATH = "ccdv/govreport-summarization"
 HUB_NAME = "document"
@@ -114,7 +114,13 @@ def min_length(max_new_tokens: int = 512, **_) -> int:
     return max_new_tokens + 1
 
 
-@register("govreport", order=60, generates=True, min_length=min_length)
+def settings(section: dict) -> dict:
+    """The evaluation's keyword arguments: the section's, less ``finetune`` (a stage before it,
+    whose weights the evaluation's fingerprint already covers)."""
+    return {k: v for k, v in plain_settings(section).items() if k != "finetune"}
+
+
+@register("govreport", order=60, generates=True, min_length=min_length, settings=settings)
 def evaluate_govreport(model, tokenizer, length: int, *, hub_path=HUB_PATH, hub_name=HUB_NAME, split="test",
                        hub_revision=None, max_examples=None, max_document_tokens=15000, max_new_tokens=512,
                        text_field="report", summary_field="summary", batch_size=4, batch_tokens=65536, **_):

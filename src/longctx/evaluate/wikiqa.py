@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from longctx.data import vicuna_prompt
 from longctx.evaluate.prompts import answer_prompts, encode_prompt, mean_by, presence
 from longctx.evaluate.registry import EvaluationError, plain_settings, register
 
@@ -60,6 +61,16 @@ def answer_position(prompt: str, reference: str, edge: float = 0.1) -> str:
     return "start" if where < edge else ("end" if where >= 1 - edge else "middle")
 
 
+def prompt_text(prompt: str, prompt_format: str = "plain", template: str = "{prompt}") -> str:
+    """A row's prompt as the model reads it: through ``template`` (``plain``), or as the user turn of
+    the Vicuna v1.1 template (``vicuna``, Giraffe's instruction-tuned models)."""
+    if prompt_format == "vicuna":
+        return vicuna_prompt(prompt)
+    if prompt_format != "plain":
+        raise EvaluationError(f"config key 'evaluate.wikiqa.prompt_format': {prompt_format!r} is not plain or vicuna")
+    return template.format(prompt=prompt)
+
+
 def load_rows(path: str, split: str, revision=None, limit=None) -> list[dict]:
     """One split of a WikiQA dataset (hub id or a local folder in the same format)."""
     import datasets
@@ -90,13 +101,14 @@ def score(rows: list[dict], outputs: list[str]) -> tuple[list[dict], dict]:
 
 
 def _evaluate(task: str, model, tokenizer, length: int, *, hub_path=None, hub_revision=None, max_examples=None,
-              max_new_tokens=50, prompt_template="{prompt}", chat_template=False, max_prompt_tokens=None,
-              batch_size=8, batch_tokens=65536, **_):
+              max_new_tokens=50, prompt_template="{prompt}", prompt_format="plain", chat_template=False,
+              max_prompt_tokens=None, batch_size=8, batch_tokens=65536, **_):
     started = time.time()
     path = hub_path or HUB_PATHS[task]
     split = split_for(length)
     rows = load_rows(path, split, hub_revision, max_examples)
-    prompts = [encode_prompt(tokenizer, prompt_template.format(prompt=parse_row(r)[0]), chat_template) for r in rows]
+    prompts = [encode_prompt(tokenizer, prompt_text(parse_row(r)[0], prompt_format, prompt_template), chat_template)
+               for r in rows]
     skipped = 0
     if max_prompt_tokens:
         # Giraffe's optional filter: only prompts that leave room for the answer inside the window

@@ -35,6 +35,7 @@ class PaperRow:
     finetuned: bool
     searched: bool | None = None
     finetune_steps: int | None = None
+    instruct: bool | None = None  # instruction-tuned (Giraffe's IFT, config `instruct`); None: either
     values: dict = field(default_factory=dict)  # length -> number, or the paper's wording (">1000")
     k_max: int | None = None
     model_match: str = ""
@@ -79,7 +80,7 @@ def parse(data: dict) -> list[PaperRow]:
                 model=e["model"], eval=e["eval"], metric=e["metric"], dataset=e.get("dataset"),
                 protocol=e.get("protocol", ""), label=r["label"], methods=tuple(methods),
                 scale=None if r.get("scale") is None else float(r["scale"]), finetuned=bool(r["finetuned"]),
-                searched=r.get("searched"), finetune_steps=r.get("finetune_steps"),
+                searched=r.get("searched"), finetune_steps=r.get("finetune_steps"), instruct=r.get("instruct"),
                 values={int(k): v for k, v in r.get("values", {}).items()}, k_max=r.get("k_max"),
                 model_match=e["model_match"], eval_match=e["eval_match"], metric_match=e["metric_match"],
                 dataset_match=e.get("dataset_match"),
@@ -107,7 +108,11 @@ def matches(setting: Setting, variant: dict, eval_name: str, metric: str, length
     for r in load() if rows is None else rows:
         if r.scale is None or not math.isclose(r.scale, float(variant["scale"])):
             continue
-        if variant["method"] not in r.methods or bool(variant.get("finetune")) != r.finetuned:
+        # an instruction-tuned variant's weights were trained (from its source's); its row says IFT
+        trained = bool(variant.get("finetune") or variant.get("instruct_of"))
+        if variant["method"] not in r.methods or trained != r.finetuned:
+            continue
+        if r.instruct is not None and bool(variant.get("instruct_of")) != r.instruct:
             continue
         if r.searched is not None and bool(variant.get("search")) != r.searched:
             continue

@@ -60,6 +60,8 @@ def variant_label(variant: dict | None) -> str:
 def variant_stage(variant: dict) -> str:
     """How a variant's weights or factors were obtained: the ``stage`` column of summary.csv and eval tables."""
     variant = _plain(variant)
+    if variant.get("instruct_of"):
+        return "instruction-tuned"
     if variant.get("finetune") and variant.get("search"):
         return "searched+finetuned"
     return "finetuned" if variant.get("finetune") else ("searched" if variant.get("search") else "none")

@@ -24,28 +24,36 @@ from longctx.train.flops import FLOP_CONVENTION, flops_per_token, peak_flops_per
 from longctx.train.mixed import MixedSequences
 from longctx.train.packing import PackedSequences
 from longctx.train.settings import TrainSettings, check_settings, comparable
+from longctx.train.supervised import ExampleSequences
 from longctx.train.trainer import Divergence, Trainer
 
 log = logging.getLogger(__name__)
 
 
 def train(model, data_prefix, settings: TrainSettings, out_dir, work_dir, tracker=None, peak_flops=None,
-          device: str = "auto", base_model_path=None, short_data_prefix=None) -> dict:
+          device: str = "auto", base_model_path=None, short_data_prefix=None, examples=None) -> dict:
     """Train ``model`` and write it to ``out_dir`` (atomically); checkpoints go to ``work_dir``.
 
     Returns the metrics summary; per-step metrics are written to ``work_dir/metrics.jsonl``.
     ``peak_flops``: the whole job's peak FLOP/s for MFU (default: ``settings.peak_tflops`` or the
     GPU's known peak, times the number of processes). With ``settings.mixed_context`` on, the
     sequences are LongRoPE2's short and long windows (``longctx.train.mixed``), the short ones from
-    ``short_data_prefix`` when given.
+    ``short_data_prefix`` when given. ``examples`` (instead of ``data_prefix``): supervised
+    (prompt, response) examples, the loss on their labelled tokens (``longctx.train.supervised``).
     """
     s = settings
     check_settings(s)
-    data = _sequences(model, data_prefix, s, short_data_prefix)
+    if examples is not None:
+        pad = getattr(model.config, "pad_token_id", None)
+        data = ExampleSequences(examples, s.seed, pad if pad is not None else 0)
+        data_digest = provenance.digest(examples)
+    else:
+        data = _sequences(model, data_prefix, s, short_data_prefix)
+        data_digest = provenance.token_file_digest(data_prefix)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # what determines the run, taken before the trainer casts or wraps the model
-    fingerprint = {"model": provenance.model_digest(model), "data": provenance.token_file_digest(data_prefix),
+    fingerprint = {"model": provenance.model_digest(model), "data": data_digest,
                    "settings": provenance.digest(comparable(s))}
     if s.mixed_context.enabled and short_data_prefix is not None:
         fingerprint["short_data"] = provenance.token_file_digest(short_data_prefix)

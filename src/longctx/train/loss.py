@@ -31,9 +31,11 @@ class LossModule(torch.nn.Module):
         self.sdpa_backends = sdpa_backends
         self.rotaries = dict(rotaries) if rotaries else None  # a plain dict: not parameters or buffers of ours
 
-    def forward(self, input_ids, segments, position_ids=None, attention_mask=None, short=None):
+    def forward(self, input_ids, segments, position_ids=None, attention_mask=None, short=None, labels=None):
         B, T = input_ids.shape
-        targets = torch.cat([input_ids[:, 1:], input_ids.new_full((B, 1), -100)], dim=1)
+        # supervised examples (longctx.train.supervised) score only their labelled tokens
+        scored = input_ids if labels is None else labels
+        targets = torch.cat([scored[:, 1:], input_ids.new_full((B, 1), -100)], dim=1)
         kwargs = {}
         masking, rotary = self.document_masking, None
         if short is not None and self.rotaries is not None:

@@ -16,6 +16,7 @@ class PackedBatch:
     input_ids: torch.Tensor  # [B, T]
     segments: torch.Tensor  # [B, T] document index within the row, from 0
     short: torch.Tensor | None = None  # [B] bool: short context windows (mixed context window training)
+    labels: torch.Tensor | None = None  # [B, T] supervised examples: the tokens trained, -100 elsewhere
 
 
 class PackedSequences:

@@ -183,7 +183,7 @@ class Trainer:
             self.loss_module, self.optimizer = acc.prepare(loss_module, optimizer)
         except torch.OutOfMemoryError as e:  # the weights alone do not fit
             raise TrainingError(oom_message(s, self.backend)) from e
-        self.tokens_per_step = s.batch_size * s.seq_len * self.sp.dp_size
+        self.tokens_per_step = s.batch_size * s.seq_len * self.sp.dp_size  # at most, for supervised examples
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -193,6 +193,8 @@ class Trainer:
         inputs = {"input_ids": batch.input_ids.to(device), "segments": batch.segments.to(device)}
         if batch.short is not None:
             inputs["short"] = batch.short.to(device)
+        if batch.labels is not None:
+            inputs["labels"] = batch.labels.to(device)
         if self.settings.randomized_positions:
             extra = _training_positions(self.base_config, batch.input_ids.shape, self.settings.seed, position)
             inputs.update({k: v.to(device) for k, v in extra.items()})
