@@ -1,8 +1,9 @@
 """The papers' own numbers (``paper_numbers.yaml``) and which of them match a reproduction's setting.
 
 The report shows a paper's row beside a variant only when the setting is the same: base model
-family, evaluation, metric, dataset, RoPE method, scale, fine-tuned or not (and searched, and the
-fine-tuning steps, where the row says), and at least one evaluation length in common.
+family, evaluation, metric, dataset, RoPE method, scale, fine-tuned or not, instruction-fine-tuned
+(IFT) or not, the scale it was evaluated at (its own unless the row says), searched or not and the
+variant's own fine-tuning steps (where the row says), and at least one evaluation length in common.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class PaperRow:
     finetuned: bool
     searched: bool | None = None
     finetune_steps: int | None = None
+    ift: bool = False  # instruction fine-tuned (Giraffe's IFT models)
+    eval_scale: float | None = None  # evaluated at another scale than trained at (None: its own)
     values: dict = field(default_factory=dict)  # length -> number, or the paper's wording (">1000")
     k_max: int | None = None
     model_match: str = ""
@@ -45,6 +48,18 @@ class PaperRow:
     @property
     def source(self) -> str:
         return f"{self.paper_title} {self.table}"
+
+    @property
+    def setting(self) -> str:
+        """Which published row this is, in words: model, scale, fine-tuning (steps, IFT), eval scale."""
+        tuned = ("fine-tuned" + (f" {self.finetune_steps} steps" if self.finetune_steps else "")
+                 if self.finetuned else "no fine-tuning")
+        parts = [self.model, f"s = {self.scale:g}" if self.scale is not None else "scale not stated", tuned]
+        if self.ift:
+            parts.append("instruction fine-tuned")
+        if self.eval_scale is not None:
+            parts.append(f"evaluated at s = {self.eval_scale:g}")
+        return "; ".join(parts)
 
     @property
     def paper_title(self) -> str:
@@ -79,7 +94,8 @@ def parse(data: dict) -> list[PaperRow]:
                 model=e["model"], eval=e["eval"], metric=e["metric"], dataset=e.get("dataset"),
                 protocol=e.get("protocol", ""), label=r["label"], methods=tuple(methods),
                 scale=None if r.get("scale") is None else float(r["scale"]), finetuned=bool(r["finetuned"]),
-                searched=r.get("searched"), finetune_steps=r.get("finetune_steps"),
+                searched=r.get("searched"), finetune_steps=r.get("finetune_steps"), ift=bool(r.get("ift", False)),
+                eval_scale=None if r.get("eval_scale") is None else float(r["eval_scale"]),
                 values={int(k): v for k, v in r.get("values", {}).items()}, k_max=r.get("k_max"),
                 model_match=e["model_match"], eval_match=e["eval_match"], metric_match=e["metric_match"],
                 dataset_match=e.get("dataset_match"),
@@ -93,7 +109,27 @@ class Setting:
 
     model: str  # model.name_or_path (a hub id, folder or file), or "pretrain"
     datasets: dict = field(default_factory=dict)  # eval name -> strings naming its dataset (corpus, hub path)
-    finetune_steps: int | None = None
+    finetune_steps: int | None = None  # the experiment's finetune.steps
+
+
+def variant_steps(setting: Setting, variant: dict) -> int | None:
+    """The steps a fine-tuned variant trained: a chain step's own, its ``finetune`` overrides', else
+    the experiment's; None when it is not fine-tuned."""
+    if not variant.get("finetune"):
+        return None
+    own = (variant.get("finetune_settings") or {}).get("steps")
+    return variant.get("finetune_steps") or own or setting.finetune_steps
+
+
+def variant_ift(variant: dict) -> bool:
+    """Instruction fine-tuned: a variant that says so, or one derived as ``<name>-ift``."""
+    return bool(variant.get("ift") or variant.get("instruction_finetune")
+                or str(variant.get("name", "")).endswith("-ift"))
+
+
+def variant_eval_scale(variant: dict) -> float:
+    """The scale a variant is evaluated at: its ``eval_scale`` where it has one, else its own."""
+    return float(variant.get("eval_scale") or variant["scale"])
 
 
 def _search(pattern: str | None, texts) -> bool:
@@ -111,7 +147,11 @@ def matches(setting: Setting, variant: dict, eval_name: str, metric: str, length
             continue
         if r.searched is not None and bool(variant.get("search")) != r.searched:
             continue
-        if r.finetune_steps is not None and setting.finetune_steps != r.finetune_steps:
+        if r.finetune_steps is not None and variant_steps(setting, variant) != r.finetune_steps:
+            continue
+        if variant_ift(variant) != r.ift:
+            continue
+        if not math.isclose(variant_eval_scale(variant), r.eval_scale or r.scale):
             continue
         if not (_search(r.model_match, [setting.model]) and _search(r.eval_match, [eval_name])
                 and _search(r.metric_match, [metric])):
