@@ -412,3 +412,11 @@ def test_the_report_says_which_paper_row_it_shows(built):
     # the row beside pi-x4-ft names its table, model, scale and fine-tuning steps
     assert "PI Table 1](https://arxiv.org/abs/2306.15595), PI-8192, fine-tuned 1000 steps " \
            "(LLaMA 7B (L = 2048); s = 4; fine-tuned 1000 steps)" in md
+
+
+def test_longrope_yaml_table1_searches_lambda_only_as_the_rows_it_sits_beside():
+    from longctx.config import load_config, search_settings_for, variants
+
+    config = load_config(REPO / "config/paper/longrope.yaml")
+    table1 = [v for v in variants(config) if v.method == "longrope" and v.scale in (2, 4) and v.chain is None]
+    assert [search_settings_for(config, v)["n_hat_choices"] for v in table1] == [[0], [0]]
