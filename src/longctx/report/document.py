@@ -111,7 +111,8 @@ def papers_section(tables: list[Table], setting: Setting | None) -> list[str]:
         return out + ["_Not compared: the report was built without the experiment's setting._", ""]
     if matched:
         out += ["These rows from the papers have this experiment's setting (base model family, method, scale, "
-                "fine-tuning and its steps, IFT, evaluation scale, dataset, length) and appear under the matching variant above:", "",
+                "fine-tuning and its steps, IFT, evaluation scale, dataset, length) and appear under the matching "
+                "variant above:", "",
                 "| our variant | paper | table | their row | setting | dataset | protocol |", "|---|---|---|---|---|---|---|"]
         for eval_name, metric, variant, p in sorted(matched, key=lambda m: (m[0], m[1], m[2], m[3].source, m[3].label)):
             out.append(f"| {variant} | [{p.paper_title}]({p.url}) | {p.table} | {p.label} | {p.setting} | "
