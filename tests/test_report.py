@@ -347,10 +347,80 @@ def test_ruler_gets_its_per_task_tables_and_each_variants_effective_length_with_
     assert "**niah_single_1**" in text and "**vt**" in text  # per-task tables by length
 
 
-def test_giraffes_ift_numbers_match_the_instruction_tuned_variant_only():
-    """Giraffe's WikiQA row is of a linear x4 model fine-tuned then instruction-tuned (IFT)."""
-    giraffe = Setting("meta-llama/Llama-2-13b-hf", {"wikiqa_ffqa": ["abacusai/WikiQA-Free_Form_QA"]})
-    tuned = {"name": "pi-x4-ft", "method": "pi", "scale": 4.0, "finetune": True, "search": False}
-    ift = {**tuned, "name": "pi-x4-ft-ift", "finetune": False, "instruct_of": "pi-x4-ft"}
-    assert [r.label for r in matches(giraffe, ift, "wikiqa_ffqa", "accuracy", [4096])] == ["linear scale 4, IFT"]
-    assert not matches(giraffe, tuned, "wikiqa_ffqa", "accuracy", [4096])
+# --- which published row sits beside which run: model, steps, scale, IFT and evaluation scale ---
+REPO = Path(__file__).resolve().parents[1]
+LLAMA2_PROOFPILE = Setting("meta-llama/Llama-2-7b-hf", {"perplexity": ["proofpile", "hoskinson-center/proof-pile"]})
+
+
+def labels(found) -> set[tuple[str, str]]:
+    return {(r.source, r.label) for r in found}
+
+
+def test_pi_direct_fine_tuning_row_needs_the_10000_steps_it_ran():
+    ft = {"name": "none-x4-ft", "method": "none", "scale": 4.0, "params": {}, "finetune": True, "search": False}
+    row = ("PI Table 1", "FT-8192, direct fine-tuning 10000 steps")
+    # pi.yaml fine-tunes 1000 steps: PI's 10000-step baseline is not its row
+    assert row not in labels(matches(LLAMA_PG19, ft, "perplexity", "perplexity", [8192]))
+    # pi_ft10000.yaml, or a variant whose own finetune overrides run the 10000 steps
+    assert row in labels(matches(Setting(LLAMA_PG19.model, LLAMA_PG19.datasets, 10000), ft, "perplexity",
+                                 "perplexity", [8192]))
+    assert row in labels(matches(LLAMA_PG19, {**ft, "finetune_settings": {"steps": 10000}}, "perplexity",
+                                 "perplexity", [8192]))
+
+
+def test_giraffe_wikiqa_row_is_llama1_instruction_tuned_and_its_16k_value_evaluated_at_scale_8():
+    wikiqa = {"wikiqa_ffqa": ["wikiqa_ffqa", "abacusai/WikiQA-Free_Form_QA"]}
+    pi = {"name": "pi-x4-ft", "method": "pi", "scale": 4.0, "params": {}, "finetune": True, "search": False}
+    # the instruction-tuned variant (config instruct) and the same weights evaluated at scale 8
+    ift = {**pi, "name": "pi-x4-ft-ift", "finetune": False, "instruct_of": "pi-x4-ft", "instruction_tuned": True}
+    ift_at_8 = {**ift, "name": "pi-x4-ft-ift@x8", "instruct_of": None, "start": "pi-x4-ft-ift", "scale": 8.0,
+                "trained_scale": 4.0}
+    lengths = [2048, 4096, 8192, 16384]
+    llama1, llama2 = Setting("huggyllama/llama-13b", wikiqa, 1000), Setting("meta-llama/Llama-2-13b-hf", wikiqa, 1000)
+    assert not matches(llama2, ift, "wikiqa_ffqa", "accuracy", lengths)  # Llama 2: another model
+    assert not matches(llama1, pi, "wikiqa_ffqa", "accuracy", lengths)  # not instruction fine-tuned
+    # at its own scale 4, the 2k-8k values; the 16k value only beside a run evaluated at scale 8
+    assert [r.values for r in matches(llama1, ift, "wikiqa_ffqa", "accuracy", lengths)] == [
+        {2048: 0.32, 4096: 0.38, 8192: 0.44}]
+    assert [r.values for r in matches(llama1, ift_at_8, "wikiqa_ffqa", "accuracy", lengths)] == [{16384: 0.39}]
+    assert not matches(llama1, {**pi, "name": "pi-x4-ft@x8", "finetune": False, "start": "pi-x4-ft",
+                                "scale": 8.0, "trained_scale": 4.0}, "wikiqa_ffqa", "accuracy", lengths)
+
+
+def test_longrope_table1_proofpile_rows_sit_beside_longrope_yaml_runs_without_fine_tuning():
+    from longctx.config import load_config, variants
+
+    runs = [v.to_dict() for v in variants(load_config(REPO / "config/paper/longrope.yaml"))]
+    shown = {v["name"]: {n: r.values[n] for r in matches(LLAMA2_PROOFPILE, v, "perplexity", "perplexity",
+                                                            [8192, 16384]) for n in r.values}
+             for v in runs}
+    assert {name: values for name, values in shown.items() if values} == {
+        "pi-x2": {8192: 3.65}, "pi-x4": {16384: 4.93}, "dynamic_ntk-x2": {8192: 3.50},
+        "dynamic_ntk-x4": {16384: 3.87}, "yarn-x2": {8192: 3.49}, "yarn-x4": {16384: 3.25},
+        "longrope-x2-search": {8192: 3.45}, "longrope-x4-search": {16384: 3.13}}
+
+
+def test_longrope_table3_rows_are_the_64k_model_at_scale_16():
+    pi = {"name": "pi-x16", "method": "pi", "scale": 16.0, "params": {}, "finetune": False, "search": False}
+    assert labels(matches(LLAMA2_PROOFPILE, pi, "perplexity", "perplexity", [65536])) == {
+        ("LongRoPE Table 3", "PI, no fine-tuning")}
+    assert not matches(LLAMA2_PROOFPILE, {**pi, "scale": 4.0}, "perplexity", "perplexity", [65536])
+    ft = {**pi, "name": "pi-x16-ft", "finetune": True}
+    assert labels(matches(LLAMA2_PROOFPILE, ft, "perplexity", "perplexity", [65536])) == {
+        ("LongRoPE Table 3", "PI, fine-tuned")}
+
+
+def test_the_report_says_which_paper_row_it_shows(built):
+    root, _ = built
+    md = (root / "report.md").read_text()
+    # the row beside pi-x4-ft names its table, model, scale and fine-tuning steps
+    assert "PI Table 1](https://arxiv.org/abs/2306.15595), PI-8192, fine-tuned 1000 steps " \
+           "(LLaMA 7B (L = 2048); s = 4; fine-tuned 1000 steps)" in md
+
+
+def test_longrope_yaml_table1_searches_lambda_only_as_the_rows_it_sits_beside():
+    from longctx.config import load_config, search_settings_for, variants
+
+    config = load_config(REPO / "config/paper/longrope.yaml")
+    table1 = [v for v in variants(config) if v.method == "longrope" and v.scale in (2, 4) and v.chain is None]
+    assert [search_settings_for(config, v)["n_hat_choices"] for v in table1] == [[0], [0]]

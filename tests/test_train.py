@@ -1,6 +1,7 @@
 """The trainer: loss falls, a killed run resumes to the same weights, divergence stops cleanly."""
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,22 @@ def test_supervised_examples_resume_from_their_checkpoint_and_only_theirs(tmp_pa
         train(tiny_llama(), None, s, tmp_path / "other", tmp_path / "work_c", examples=examples)
     train(tiny_llama(), None, s, tmp_path / "other", tmp_path / "work_c", examples=supervised_examples(seed=2))
     assert [p.name for p in (tmp_path / "work_c").glob("checkpoint.set-aside-*")]
+
+
+def test_cosine_schedule_ends_at_min_lr_ratio_which_defaults_to_longrope2s_released_zero():
+    from longctx.config import finetune_settings_for, load_config, variants
+    from longctx.train.trainer import lr_lambda
+
+    def end(**kw):
+        f = lr_lambda(TrainSettings(seq_len=16, steps=100, warmup_steps=10, schedule="cosine", **kw))
+        return f(10), f(55), f(100)
+
+    # LongRoPE2's released trainer (nnscaler's WarmupCosineAnnealingLR, eta_min 0) ends at 0
+    assert end() == pytest.approx((1.0, 0.5, 0.0))
+    assert end(min_lr_ratio=0.1) == pytest.approx((1.0, 0.55, 0.1))
+    config = load_config(Path(__file__).resolve().parents[1] / "config/paper/longrope2.yaml")
+    ft = next(v for v in variants(config) if v.finetune)
+    settings = TrainSettings.from_config(finetune_settings_for(config, ft), seq_len=16, seed=0)
+    assert (settings.schedule, settings.min_lr_ratio) == ("cosine", 0.0)
+    with pytest.raises(TrainingError, match="finetune.min_lr_ratio"):
+        train_mod.check_settings(TrainSettings(seq_len=16, steps=10, min_lr_ratio=1.5))

@@ -80,7 +80,8 @@ def _pretrain(pretrain: dict, seed: int, tok, train_data, out, work_dir, tracker
     model = new_pretrain_model(p, len(tok), tok.bos_token_id, tok.eos_token_id, seed)
     settings = TrainSettings(
         seq_len=p["context"], steps=p["steps"], batch_size=p["batch_size"], micro_batch_size=p["batch_size"],
-        lr=p["lr"], warmup_steps=p["warmup_steps"], schedule="cosine", weight_decay=0.1, grad_clip=1.0,
+        lr=p["lr"], warmup_steps=p["warmup_steps"], schedule="cosine", min_lr_ratio=0.1,
+        weight_decay=0.1, grad_clip=1.0,
         checkpoint_every=max(p["steps"] // 4, 1), log_every=max(p["steps"] // 20, 1), seed=seed,
     )
     out = Path(out)

@@ -31,7 +31,7 @@ def run(theta, heads, bos, steps, hidden=128, layers=4):
     cfg = yaml.safe_load(open("config.yaml"))
     p = cfg["model"]["pretrain"]; p.update(rope_theta=theta, intermediate_size=352, num_heads=heads, num_kv_heads=heads, hidden_size=hidden, num_layers=layers)
     m = new_pretrain_model(p, 4096, 1, 2, cfg["seed"]).to(dev)
-    s = T.TrainSettings(seq_len=128, steps=steps, batch_size=32, micro_batch_size=32, lr=3e-3, warmup_steps=30, schedule="cosine", weight_decay=0.1, checkpoint_every=0, log_every=100)
+    s = T.TrainSettings(seq_len=128, steps=steps, batch_size=32, micro_batch_size=32, lr=3e-3, warmup_steps=30, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1, checkpoint_every=0, log_every=100)
     T.train(m, f"{D}/train", s, f"/tmp/sw/m", f"/tmp/sw/w")
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained("/tmp/sw/m").to(dev).eval()

@@ -4,7 +4,7 @@ job logs, lengths and corpora. Everything here reads a validated config and impo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from longctx.config.schema import deep_merge
 from longctx.rope.registry import length_at
@@ -55,6 +55,9 @@ class Variant:
     trained_scale: float | None = None
     # an instruction-tuned variant (config ``instruct``, Giraffe): the variant whose weights it tunes
     instruct_of: str | None = None
+    # its weights are instruction-tuned: an instruct variant, or an evaluation scale of one (the report
+    # sets IFT rows beside these only)
+    instruction_tuned: bool = False
 
     def target_length(self, original_context: int) -> int:
         """The length this variant extends to: scale x the original context."""
@@ -105,7 +108,9 @@ IFT_SUFFIX = "-ift"
 def instruct_variants(config: dict, variants: list[Variant]) -> list[Variant]:
     """``<variant>-ift`` for each variant ``instruct.variants`` names (Giraffe's instruction
     fine-tune): the same RoPE, its own weights (the source's, tuned on conversations), evaluated
-    and reported as a variant of its own."""
+    and reported as a variant of its own; and, where the source has evaluation scales
+    (``eval_scales``), ``<variant>-ift@x<scale>`` on the instruction-tuned weights (Giraffe's IFT
+    model evaluated at scale 8)."""
     section = config.get("instruct") or {}
     by_name = {v.name: v for v in variants}
     out = []
@@ -113,8 +118,11 @@ def instruct_variants(config: dict, variants: list[Variant]) -> list[Variant]:
         v = by_name.get(name)
         if v is None:  # named by the config check (config key instruct.variants)
             continue
-        out.append(Variant(name + IFT_SUFFIX, v.method, v.scale, dict(v.params), finetune=False, search=False,
-                           instruct_of=name))
+        tuned = name + IFT_SUFFIX
+        out.append(Variant(tuned, v.method, v.scale, dict(v.params), finetune=False, search=False,
+                           instruct_of=name, instruction_tuned=True))
+        out += [replace(e, name=eval_scale_name(tuned, e.scale), start=tuned, instruction_tuned=True)
+                for e in variants if e.trained_scale is not None and e.start == name]
     return out
 
 

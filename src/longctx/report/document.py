@@ -111,10 +111,11 @@ def papers_section(tables: list[Table], setting: Setting | None) -> list[str]:
         return out + ["_Not compared: the report was built without the experiment's setting._", ""]
     if matched:
         out += ["These rows from the papers have this experiment's setting (base model family, method, scale, "
-                "fine-tuning, dataset, length) and appear under the matching variant above:", "",
-                "| our variant | paper | table | their row | model | dataset | protocol |", "|---|---|---|---|---|---|---|"]
+                "fine-tuning and its steps, IFT, evaluation scale, dataset, length) and appear under the matching "
+                "variant above:", "",
+                "| our variant | paper | table | their row | setting | dataset | protocol |", "|---|---|---|---|---|---|---|"]
         for eval_name, metric, variant, p in sorted(matched, key=lambda m: (m[0], m[1], m[2], m[3].source, m[3].label)):
-            out.append(f"| {variant} | [{p.paper_title}]({p.url}) | {p.table} | {p.label} | {p.model} | "
+            out.append(f"| {variant} | [{p.paper_title}]({p.url}) | {p.table} | {p.label} | {p.setting} | "
                        f"{p.dataset or '-'} | {p.protocol} |")
         out.append("")
     else:
@@ -124,13 +125,13 @@ def papers_section(tables: list[Table], setting: Setting | None) -> list[str]:
                 f"{'datasets ' + datasets if datasets else 'no dataset'}), "
                 "so none is shown beside the reproduction. The papers' numbers, for reference only:", ""]
     out += ["<details><summary>All the papers' numbers the report knows (src/longctx/report/paper_numbers.yaml)</summary>", "",
-            "| paper | table | model | dataset | eval | metric | row | method | scale | values |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| paper | table | setting | dataset | eval | metric | row | method | values |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for p in load():
         values = (f"k_max {p.k_max}" if p.k_max is not None
                   else ", ".join(f"{n}: {fmt(v)}" for n, v in sorted(p.values.items())))
-        out.append(f"| [{p.paper_title}]({p.url}) | {p.table} | {p.model} | {p.dataset or '-'} | {p.eval} | {p.metric} | "
-                   f"{p.label} | {'/'.join(p.methods)} | {fmt(p.scale) if p.scale else 'not stated'} | {values} |")
+        out.append(f"| [{p.paper_title}]({p.url}) | {p.table} | {p.setting} | {p.dataset or '-'} | {p.eval} | {p.metric} | "
+                   f"{p.label} | {'/'.join(p.methods)} | {values} |")
     return out + ["", "</details>", ""]
 
 

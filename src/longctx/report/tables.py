@@ -131,7 +131,7 @@ def table_markdown(table: Table, variants: list[dict], rel_to) -> str:
             row.append(_cell(*value_source, rel_to) if value_source else "-")
         out.append("| " + " | ".join(row) + " |")
         for p in table.papers.get(v["name"], []):
-            label = f"↳ *paper:* [{p.source}]({p.url}), {p.label}"
+            label = f"↳ *paper:* [{p.source}]({p.url}), {p.label} ({p.setting})"
             row = [label, "/".join(p.methods[:1]), fmt(p.scale), "finetuned" if p.finetuned else "none"]
             row += [_paper_value(p.values.get(n)) for n in lengths]
             row += [_paper_value(p.k_max) if name == "k_max" else "-" for name in table.extra]

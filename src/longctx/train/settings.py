@@ -43,6 +43,7 @@ class TrainSettings:
     warmup_steps: int = 20
     warmup_from: float = 0.1  # the warm-up's first learning rate, as a fraction of lr
     schedule: str = "constant"  # constant | linear | cosine
+    min_lr_ratio: float = 0.0  # cosine only: the end of its decay, as a fraction of lr
     betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -101,6 +102,8 @@ def check_settings(s: TrainSettings) -> None:
     if s.mixed_context.enabled and not 0 <= s.mixed_context.short_fraction <= 1:
         raise TrainingError(f"config key 'finetune.mixed_context.short_fraction': must lie in [0, 1], got "
                             f"{s.mixed_context.short_fraction}")
+    if not 0 <= s.min_lr_ratio <= 1:
+        raise TrainingError(f"config key 'finetune.min_lr_ratio': must lie in [0, 1], got {s.min_lr_ratio}")
     if s.compile and s.sequence_parallel > 1:
         raise TrainingError("config keys 'finetune.compile' and 'finetune.sequence_parallel': not together "
                             "(the all-to-all is not traced)")
@@ -112,4 +115,6 @@ def comparable(settings: TrainSettings) -> dict:
     d = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as read back from JSON
     for k in ("checkpoint_every", "log_every", "peak_tflops"):
         d.pop(k)
+    if settings.schedule != "cosine":  # the floor of a cosine only: other runs keep their fingerprints
+        d.pop("min_lr_ratio")
     return d

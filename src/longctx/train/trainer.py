@@ -36,7 +36,8 @@ def lr_lambda(settings: TrainSettings):
         progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
         if settings.schedule == "linear":
             return max(0.0, 1.0 - progress)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+        floor = settings.min_lr_ratio  # cosine down to this fraction of lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
 
