@@ -182,6 +182,15 @@ def test_giraffe_13b_bases_positions_and_retrieval_evaluations(dry_runs, name, m
     assert {"pi-x4-ft@x8", "pi-x16-ft@x12", "pi-x16-ft@x32"} <= {v for (v, _) in evals}
     at8 = [j for j in jobs if j["rule"].startswith("evaluate") and j["wildcards"].get("variant") == "pi-x4-ft@x8"]
     assert at8 and all(any(i.endswith("models/pi-x4-ft") for i in j["input"]) for j in at8)
+    if name == "giraffe":
+        # IFT (LoRA, Vicuna template) of the linear x4 model, evaluated at 4 and at 8 on the tuned weights
+        assert [j["wildcards"]["variant"] for j in by_rule(jobs, "instruct")] == ["pi-x4-ft-ift"]
+        ift8 = [j for j in jobs if j["rule"].startswith("evaluate")
+                and j["wildcards"].get("variant") == "pi-x4-ft-ift@x8"]
+        assert ift8 and all(any(i.endswith("models/pi-x4-ft-ift") for i in j["input"]) for j in ift8)
+        config = load_config(CONFIGS[name])
+        assert config["evaluate"]["wikiqa"]["prompt_format"] == "vicuna"
+        assert (config["instruct"]["dataset"]["template"], config["instruct"]["lora"]["enabled"]) == ("vicuna", True)
     # the 13B model fine-tunes on 2 nodes of 8 A100; RedPajama is the only prepared corpus
     assert one_resources(jobs, "finetune")["gres"] == "gpu:a100:8"
     assert {j["wildcards"]["corpus"] for j in by_rule(jobs, "prepare_corpus")} == {"redpajama"}
