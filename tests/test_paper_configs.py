@@ -153,7 +153,11 @@ def test_pi_llama7b_pi_and_direct_finetuning_at_8k_16k_32k(dry_runs):
     assert (config["finetune"]["steps"], config["finetune"]["lr"], config["finetune"]["warmup_steps"]) == (1000, 2e-5, 20)
     # 4 nodes x 8 A100 for fine-tuning (PI's 32 GPUs), one A100 per evaluation
     ft = one_resources(jobs, "finetune")
-    assert (ft["nodes"], ft["gres"], ft["mem_mb"], ft["runtime"]) == ("4", "gpu:a100:8", "480000", "720")
+    assert (ft["nodes"], ft["gres"], ft["mem_mb"], ft["runtime"]) == ("4", "gpu:a100:8", "480000", "1440")
+    # PI section 3.1: batch 64 at 8192 for 7B, 128 at 16k and 32k
+    batch = {v.name: finetune_settings_for(config, v)["batch_size"] for v in variants(config) if v.finetune}
+    assert batch == {"pi-x4-ft": 64, "none-x4-ft": 64, "pi-x8-ft": 128, "none-x8-ft": 128,
+                     "pi-x16-ft": 128, "none-x16-ft": 128}
     ev = one_resources(jobs, "evaluate")
     assert (ev["gpu"], ev["gpu_model"]) == ("1", "a100")
     prepared = {(j["wildcards"]["corpus"], j["wildcards"]["split"]) for j in by_rule(jobs, "prepare_corpus")}
